@@ -1,0 +1,139 @@
+"""The `synth` command: parses arguments, calls one function per command, maps errors to exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from synth import __version__
+from synth.errors import SynthError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="synth: %(levelname)s: %(message)s")
+    try:
+        return args.command(args) or 0
+    except SynthError as err:
+        print(f"synth: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("synth: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synth", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"synth {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a spec")
+    validate.add_argument("spec", type=Path)
+    validate.set_defaults(command=_validate)
+
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema, for editors")
+    schema.set_defaults(command=_schema)
+
+    plan = commands.add_parser("plan", help="print real, target and synthetic counts per class")
+    plan.add_argument("spec", type=Path)
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plan.set_defaults(command=_plan)
+
+    run = commands.add_parser("run", help="generate the planned images into Parquet shards")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--out", type=Path, help="output folder (default: the spec's output.dir)")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace a run of a different spec in --out"
+    )
+    run.add_argument(
+        "--in-process", action="store_true", help="render in this process, without Ray (debug)"
+    )
+    run.set_defaults(command=_run)
+
+    preview = commands.add_parser("preview", help="render K samples of a class as a PNG grid")
+    preview.add_argument("spec", type=Path)
+    preview.add_argument("--class", dest="label", required=True, help="the class to preview")
+    preview.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
+    preview.add_argument("--out", type=Path, required=True, help="the grid PNG to write")
+    preview.set_defaults(command=_preview)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from synth.plan import plan_for_spec
+    from synth.sources import real_counts
+    from synth.spec import load_spec
+
+    spec = load_spec(args.spec)
+    plan = plan_for_spec(spec, real_counts(spec).per_class)
+    print(
+        f"{args.spec}: valid; {plan.total_synthetic} synthetic images in {plan.num_shards} shards"
+    )
+
+
+def _schema(args: argparse.Namespace) -> None:
+    from synth.spec import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from synth.plan import plan_for_spec
+    from synth.sources import real_counts
+    from synth.spec import load_spec
+
+    spec = load_spec(args.spec)
+    counts = real_counts(spec)
+    plan = plan_for_spec(spec, counts.per_class)
+    if args.json:
+        classes = {
+            c.label: {"real": c.real, "target": c.target, "synthetic": c.synthetic}
+            for c in plan.classes
+        }
+        print(json.dumps({"classes": classes, "total_synthetic": plan.total_synthetic}))
+        return
+    width = max(len("class"), *(len(c.label) for c in plan.classes))
+    print(f"{'class':<{width}}  {'real':>8}  {'target':>8}  {'synthetic':>9}")
+    for c in plan.classes:
+        print(f"{c.label:<{width}}  {c.real:>8}  {c.target:>8}  {c.synthetic:>9}")
+    print(
+        f"{'total':<{width}}  {sum(c.real for c in plan.classes):>8}  "
+        f"{sum(c.target for c in plan.classes):>8}  {plan.total_synthetic:>9}"
+    )
+    note = f"real images counted from: {counts.counted_from}"
+    if counts.ignored_rows:
+        note += f"; {counts.ignored_rows} row(s) with labels outside source.labels ignored"
+    print(f"{note}; {plan.num_shards} shard(s) of up to {spec.output.shard_size}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from synth.run import run_spec
+    from synth.spec import load_spec
+
+    spec = load_spec(args.spec)
+    summary = run_spec(spec, args.out, overwrite=args.overwrite, in_process=args.in_process)
+    if summary.shards_written == 0:
+        print(f"{summary.out_dir}: nothing to do; all {summary.shards_total} shard(s) complete")
+        return
+    print(
+        f"{summary.out_dir}: wrote {summary.shards_written} shard(s), reused "
+        f"{summary.shards_reused}; {summary.images_per_second:.2f} images/s, "
+        f"{summary.seconds:.1f} s in all"
+    )
+
+
+def _preview(args: argparse.Namespace) -> None:
+    from synth.preview import preview_class
+    from synth.spec import load_spec
+
+    spec = load_spec(args.spec)
+    written = preview_class(spec, args.label, args.n, args.out)
+    print(f"{args.out}: grid of {len(written)} samples; single PNGs in {written[0].parent}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

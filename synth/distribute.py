@@ -1,0 +1,245 @@
+"""Spreading shards over workers: Ray actors (local or a cluster), or in-process.
+
+All Ray code lives here. Each actor holds one `ShardRenderer` (one model load) and renders a
+shard per call; the driver only schedules, re-queues a shard whose worker died on a fresh
+worker, and hands each finished shard table to `on_shard_done`. The driver holds at most a
+few shards in flight, never the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from synth.errors import GenerationError, SynthError
+from synth.generate.render import RenderSettings, ShardRenderer
+from synth.plan import Plan
+from synth.spec import Compute
+
+logger = logging.getLogger(__name__)
+
+# Shards queued per worker: the next one is waiting when the current one finishes.
+SHARDS_IN_FLIGHT_PER_WORKER = 2
+# A shard whose worker died this many times is more likely killing workers than unlucky.
+MAX_WORKER_DEATHS_PER_SHARD = 3
+_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    table: pa.Table
+    render_seconds: float
+    worker: str  # which worker made it (pid@host)
+    device: str
+    model_load_seconds: float | None  # set on the first shard a worker renders
+
+
+ProgressCallback = Callable[[int], None]  # told how many images are finished so far
+
+
+def render_shard(
+    renderer: ShardRenderer, plan: Plan, shard: int, on_batch_done: ProgressCallback | None
+) -> ShardResult:
+    """Render one shard with a renderer; shared by the in-process and the Ray paths."""
+    first_use = renderer.model_load_seconds is None
+    started = time.perf_counter()
+    table = renderer.render(plan.samples_in_shard(shard), on_batch_done)
+    return ShardResult(
+        shard=shard,
+        table=table,
+        render_seconds=time.perf_counter()
+        - started
+        - (renderer.model_load_seconds or 0) * first_use,
+        worker=f"{os.getpid()}@{os.uname().nodename}",
+        device=renderer.device_name,
+        model_load_seconds=renderer.model_load_seconds if first_use else None,
+    )
+
+
+def run_in_process(
+    plan: Plan,
+    shards: Sequence[int],
+    settings: RenderSettings,
+    on_shard_done: Callable[[ShardResult], None],
+    on_progress: ProgressCallback,
+) -> None:
+    """Render shards one after another in this process: for tests, debugging and previews."""
+    renderer = ShardRenderer(settings)
+    finished = 0
+
+    def count(images: int) -> None:
+        nonlocal finished
+        finished += images
+        on_progress(finished)
+
+    for shard in shards:
+        on_shard_done(render_shard(renderer, plan, shard, count))
+
+
+def run_on_ray(
+    plan: Plan,
+    shards: Sequence[int],
+    settings: RenderSettings,
+    compute: Compute,
+    on_shard_done: Callable[[ShardResult], None],
+    on_progress: ProgressCallback,
+) -> list[str]:
+    """Render shards on Ray actors, one per GPU (or `num_workers` CPU actors). Returns the
+    workers' descriptions. Starts a local Ray unless `compute.ray_address` names a cluster."""
+    import ray
+
+    started_ray = _connect(compute)
+    try:
+        return _schedule(plan, list(shards), settings, compute, on_shard_done, on_progress)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _connect(compute: Compute) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    options: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if compute.ray_address:
+        import synth
+
+        # Ship this package to the cluster's workers, so they run the driver's exact code.
+        options["runtime_env"] = {"py_modules": [os.path.dirname(synth.__file__)]}
+    try:
+        ray.init(address=compute.ray_address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise SynthError(
+            f"compute.ray_address {compute.ray_address!r}: cannot join the Ray cluster ({err}); "
+            "check the address, or set it to null for a local Ray"
+        ) from None
+    return True
+
+
+def worker_count(compute: Compute, cluster_gpus: float) -> int:
+    """`auto`: one worker per `gpus_per_worker` GPUs, or one worker where there is no GPU."""
+    if compute.num_workers != "auto":
+        return compute.num_workers
+    if cluster_gpus >= compute.gpus_per_worker:
+        return int(cluster_gpus // compute.gpus_per_worker)
+    return 1
+
+
+def _schedule(
+    plan: Plan,
+    shards: list[int],
+    settings: RenderSettings,
+    compute: Compute,
+    on_shard_done: Callable[[ShardResult], None],
+    on_progress: ProgressCallback,
+) -> list[str]:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpus = gpus >= compute.gpus_per_worker
+    actor_options = {"num_gpus": compute.gpus_per_worker} if use_gpus else {"num_cpus": 1}
+    worker_class = ray.remote(_ShardWorker).options(max_restarts=0, **actor_options)
+    progress = ray.remote(_ProgressBoard).options(num_cpus=0).remote()
+    plan_ref = ray.put(plan)
+    workers = [
+        worker_class.remote(settings, progress)
+        for _ in range(min(worker_count(compute, gpus), len(shards)))
+    ]
+    queue = deque(shards)
+    deaths: dict[int, int] = {}
+    in_flight: dict = {}  # object ref -> (worker, shard)
+    load: dict = {worker: 0 for worker in workers}
+    described: list[str] = []
+    finished_images = 0
+    while queue or in_flight:
+        for worker in list(load):
+            while queue and load[worker] < SHARDS_IN_FLIGHT_PER_WORKER:
+                shard = queue.popleft()
+                in_flight[worker.render.remote(plan_ref, shard)] = (worker, shard)
+                load[worker] += 1
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_SECONDS)
+        for ref in ready:
+            worker, shard = in_flight.pop(ref)
+            try:
+                result: ShardResult = ray.get(ref)
+            except RayTaskError as err:
+                cause = err.cause
+                if isinstance(cause, SynthError):
+                    raise cause from None
+                raise GenerationError(
+                    f"shard {shard}: generation failed ({type(cause).__name__}: {cause})"
+                ) from None
+            except RayActorError as err:
+                deaths[shard] = deaths.get(shard, 0) + 1
+                if deaths[shard] >= MAX_WORKER_DEATHS_PER_SHARD:
+                    raise GenerationError(
+                        f"shard {shard}: its worker died {deaths[shard]} times ({err}); "
+                        "check worker memory (lower generator.batch_size) and logs"
+                    ) from None
+                logger.warning("worker died on shard %d; retrying it on another worker", shard)
+                progress.restart.remote(shard)
+                queue.appendleft(shard)
+                if worker in load:
+                    # Every other shard queued on the dead worker fails too and is re-queued.
+                    del load[worker]
+                    load[worker_class.remote(settings, progress)] = 0
+                continue
+            load[worker] -= 1
+            progress.finish.remote(shard)
+            on_shard_done(result)
+            finished_images += result.table.num_rows
+            if result.model_load_seconds is not None:
+                described.append(f"{result.worker} {result.device}")
+        partial = ray.get(progress.images_in_unfinished_shards.remote())
+        on_progress(finished_images + partial)
+    return described
+
+
+class _ShardWorker:
+    """A Ray actor: one renderer, one model load, shard after shard."""
+
+    def __init__(self, settings: RenderSettings, progress) -> None:
+        self.renderer = ShardRenderer(settings)
+        self.progress = progress
+
+    def render(self, plan: Plan, shard: int) -> ShardResult:
+        done = 0
+
+        def report(images: int) -> None:
+            nonlocal done
+            done += images
+            self.progress.report.remote(shard, done)
+
+        return render_shard(self.renderer, plan, shard, report)
+
+
+class _ProgressBoard:
+    """Images finished inside shards still rendering, so the bar moves per batch, not per shard."""
+
+    def __init__(self) -> None:
+        self.done_by_shard: dict[int, int] = {}
+        self.finished: set[int] = set()
+
+    def report(self, shard: int, done: int) -> None:
+        # A report can arrive after the driver saw the shard finish; it must not count twice.
+        if shard not in self.finished:
+            self.done_by_shard[shard] = done
+
+    def restart(self, shard: int) -> None:
+        self.done_by_shard.pop(shard, None)
+
+    def finish(self, shard: int) -> None:
+        self.finished.add(shard)
+        self.done_by_shard.pop(shard, None)
+
+    def images_in_unfinished_shards(self) -> int:
+        return sum(self.done_by_shard.values())

@@ -1,0 +1,287 @@
+"""The generator backend: one diffusers SDXL pipeline with every class's LoRA loaded once.
+
+It only orchestrates diffusers parts: the pipeline, a scheduler chosen by name, and LoRA
+adapters switched per class with `set_adapters`. It knows nothing of Ray or Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UniPCMultistepScheduler,
+)
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+
+from synth.errors import GenerationError, ModelError
+from synth.plan import PlannedSample, retry_seed
+from synth.spec import ClassSpec, Generator
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "euler": EulerDiscreteScheduler,
+    "euler_ancestral": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "ddim": DDIMScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# A bad image (NaN or all black) is retried with a derived seed at most this many times in all.
+MAX_ATTEMPTS = 3
+# An image whose brightest pixel is below one 8-bit level is black once quantised.
+_BLACK_LEVEL = 1 / 255
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A class's LoRA as loaded: the resolved file, its digest and scale."""
+
+    path: Path
+    sha256: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    sample: PlannedSample
+    image: Image.Image
+    seed: int  # the seed that made this image (the planned one unless a retry was needed)
+    attempt: int  # 1 for the first try
+
+
+def resolve_lora_file(path: Path) -> Path:
+    """The safetensors file of a LoRA given as a file or as a folder that holds one."""
+    candidate = path / LORA_WEIGHT_NAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise ModelError(
+            f"LoRA {path}: not found; point lora.path at a .safetensors file or a folder "
+            f"holding {LORA_WEIGHT_NAME}"
+        )
+    try:
+        with safe_open(str(candidate), framework="pt") as handle:
+            if not list(handle.keys()):
+                raise ModelError(f"LoRA {candidate}: holds no tensors; re-export the adapter")
+    except (SafetensorError, OSError) as err:
+        raise ModelError(
+            f"LoRA {candidate}: not a readable safetensors file ({err}); "
+            "re-save it with save_lora_weights"
+        ) from None
+    return candidate
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pick_device() -> torch.device:
+    """The first visible GPU if any (Ray narrows CUDA_VISIBLE_DEVICES to the actor's), else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def is_bad_image(pixels: np.ndarray) -> bool:
+    """NaN/inf anywhere, or every pixel black: the signs of a diverged or broken sample."""
+    return not np.isfinite(pixels).all() or float(pixels.max()) < _BLACK_LEVEL
+
+
+class SampleGenerator:
+    """Loads the pipeline and every class's LoRA once; renders samples class by class."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        classes: dict[str, ClassSpec],
+        device: torch.device | None = None,
+        image_check: Callable[[np.ndarray], bool] = is_bad_image,
+    ) -> None:
+        self.settings = generator
+        self.device = device or pick_device()
+        self.dtype = DTYPES[generator.dtype]
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            # Many CPU kernels have no float16 version; float32 is the honest CPU choice.
+            warnings.warn(
+                "generator.dtype float16 is not supported on CPU; using float32", stacklevel=2
+            )
+            self.dtype = torch.float32
+        self.image_check = image_check
+        _quiet_libraries()
+        self.pipeline = _load_pipeline(generator, self.dtype).to(self.device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.adapters = {
+            label: self._load_adapter(label, cls.lora.path, cls.lora.scale)
+            for label, cls in classes.items()
+            if cls.lora is not None
+        }
+        self._active_label: str | None = None
+
+    @property
+    def device_name(self) -> str:
+        """The hardware and precision, without the device index, so rows compare across GPUs."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        if self.device.type == "cuda":
+            return f"{torch.cuda.get_device_name(self.device)} (cuda, {dtype})"
+        return f"cpu ({dtype})"
+
+    def render(
+        self,
+        samples: Sequence[PlannedSample],
+        on_batch_done: Callable[[int], None] | None = None,
+    ) -> list[RenderedImage]:
+        """Render samples in order, in batches of `batch_size` that never mix classes."""
+        rendered: list[RenderedImage] = []
+        for label, class_samples in groupby(samples, key=lambda s: s.label):
+            self._activate(label)
+            class_samples = list(class_samples)
+            for start in range(0, len(class_samples), self.settings.batch_size):
+                batch = class_samples[start : start + self.settings.batch_size]
+                rendered.extend(self._render_batch(batch))
+                if on_batch_done:
+                    on_batch_done(len(batch))
+        return rendered
+
+    def _render_batch(self, batch: list[PlannedSample]) -> list[RenderedImage]:
+        results: dict[str, RenderedImage] = {}
+        pending = [(sample, sample.seed) for sample in batch]
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            seeds = [retry_seed(seed, attempt) for _, seed in pending]
+            pixels = self._call_pipeline([s for s, _ in pending], seeds)
+            retry = []
+            for (sample, planned_seed), image_pixels, seed in zip(
+                pending, pixels, seeds, strict=True
+            ):
+                if self.image_check(image_pixels):
+                    retry.append((sample, planned_seed))
+                    continue
+                image = VaeImageProcessor.numpy_to_pil(image_pixels[None])[0]
+                results[sample.sample_id] = RenderedImage(sample, image, seed, attempt)
+            if not retry:
+                return [results[sample.sample_id] for sample in batch]
+            logger.warning(
+                "%d image(s) came out NaN or black on attempt %d; retrying with derived seeds",
+                len(retry),
+                attempt,
+            )
+            pending = retry
+        raise GenerationError(
+            f"sample {pending[0][0].sample_id}: image still NaN or black after {MAX_ATTEMPTS} "
+            "attempts; use generator.dtype float32 or bfloat16, or the fp16-fix VAE"
+        )
+
+    def _call_pipeline(self, samples: list[PlannedSample], seeds: list[int]) -> np.ndarray:
+        # One torch.Generator per sample: each sample's noise depends on its seed alone.
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            output = self.pipeline(
+                prompt=[s.prompt for s in samples],
+                negative_prompt=[s.negative_prompt for s in samples],
+                generator=generators,
+                num_inference_steps=self.settings.steps,
+                guidance_scale=self.settings.guidance_scale,
+                height=self.settings.height,
+                width=self.settings.width,
+                output_type="np",
+            )
+        return output.images
+
+    def _activate(self, label: str) -> None:
+        if label == self._active_label or not self.adapters:
+            return
+        if label in self.adapters:
+            self.pipeline.enable_lora()
+            self.pipeline.set_adapters([label], adapter_weights=[self.adapters[label].scale])
+        else:
+            self.pipeline.disable_lora()
+        self._active_label = label
+
+    def _load_adapter(self, label: str, path: Path, scale: float) -> Adapter:
+        lora_file = resolve_lora_file(path)
+        try:
+            self.pipeline.load_lora_weights(str(lora_file), adapter_name=label)
+        except (ValueError, RuntimeError, KeyError, OSError) as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+            raise ModelError(
+                f"LoRA {lora_file} (class {label}): does not fit model "
+                f"{self.settings.model} ({first_line}); use a LoRA trained for this model"
+            ) from None
+        loaded_into = [
+            c for c, names in self.pipeline.get_list_adapters().items() if label in names
+        ]
+        if not loaded_into:
+            # The thesis's code only warned here and went on with the base model; we stop.
+            raise ModelError(
+                f"LoRA {lora_file} (class {label}): no weights matched model "
+                f"{self.settings.model}; use a LoRA trained for this model"
+            )
+        return Adapter(path=lora_file, sha256=file_sha256(lora_file), scale=scale)
+
+
+def _quiet_libraries() -> None:
+    """Loading bars and LoRA-prefix notices from diffusers/transformers drown our own progress;
+    real failures still raise."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def check_model_reference(ref: str, key: str = "generator.model") -> None:
+    """Cheap checks of a model folder before any worker starts; hub ids pass through."""
+    local = Path(ref)
+    if local.is_absolute() and not local.exists():
+        raise ModelError(f"{key} {ref}: folder not found; point {key} at a diffusers folder")
+    if local.is_dir() and not (
+        (local / "model_index.json").is_file() or (local / "config.json").is_file()
+    ):
+        raise ModelError(
+            f"{key} {ref}: not a diffusers folder (no model_index.json); "
+            "save the model with save_pretrained"
+        )
+
+
+def _load_pipeline(generator: Generator, dtype: torch.dtype) -> StableDiffusionXLPipeline:
+    extra = {}
+    if generator.vae:
+        extra["vae"] = _from_pretrained(AutoencoderKL, generator.vae, dtype, "generator.vae")
+    pipeline = _from_pretrained(
+        StableDiffusionXLPipeline, generator.model, dtype, "generator.model", **extra
+    )
+    scheduler_class = SCHEDULERS[generator.scheduler]
+    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
+    return pipeline
+
+
+def _from_pretrained(cls, ref: str, dtype: torch.dtype, key: str, **kwargs):
+    """`cls.from_pretrained` with errors that say which spec key to fix."""
+    check_model_reference(ref, key)
+    try:
+        return cls.from_pretrained(ref, dtype=dtype, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"{key} {ref}: cannot load ({reason}); give a local diffusers folder, or a hub id "
+            "on a machine that can reach the hub"
+        ) from None

@@ -1,0 +1,105 @@
+"""Turns one shard's planned samples into a shard table. This is what every worker runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+import torch
+
+from synth import __version__
+from synth.plan import PlannedSample
+from synth.shards import ImageRecord, encode_image, records_to_table
+from synth.spec import ClassSpec, Generator
+
+# CPU float results depend on how many threads split each reduction, so every CPU worker uses
+# the same count: then bytes do not depend on how many workers share the machine.
+CPU_THREADS_PER_WORKER = 1
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything a worker needs to render shards; small and picklable, sent to each worker."""
+
+    generator: Generator
+    classes: dict[str, ClassSpec]
+    spec_sha256: str
+    created_at: str  # when the run (output folder) began; the same for every row of the run
+    image_format: str
+
+
+class ShardRenderer:
+    """Loads the model on first use, then renders shard after shard with it."""
+
+    def __init__(self, settings: RenderSettings) -> None:
+        self.settings = settings
+        self.model_load_seconds: float | None = None
+        self._generator = None
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from synth.generate.pipeline import SampleGenerator
+
+            started = time.perf_counter()
+            self._generator = SampleGenerator(self.settings.generator, self.settings.classes)
+            self.model_load_seconds = time.perf_counter() - started
+        return self._generator
+
+    @property
+    def device_name(self) -> str:
+        return self.generator.device_name
+
+    def render(
+        self, samples: list[PlannedSample], on_batch_done: Callable[[int], None] | None = None
+    ) -> pa.Table:
+        generator = self.generator
+        with _pinned_cpu_threads(generator.device.type == "cpu"):
+            rendered = generator.render(samples, on_batch_done)
+        settings = self.settings.generator
+        records = []
+        for item in rendered:
+            adapter = generator.adapters.get(item.sample.label)
+            record = ImageRecord(
+                sample_id=item.sample.sample_id,
+                label=item.sample.label,
+                image_bytes=b"",
+                image_path=f"{item.sample.sample_id}.{self.settings.image_format}",
+                width=item.image.width,
+                height=item.image.height,
+                prompt=item.sample.prompt,
+                negative_prompt=item.sample.negative_prompt,
+                seed=item.seed,
+                model=settings.model,
+                vae=settings.vae,
+                lora=str(adapter.path) if adapter else None,
+                lora_sha256=adapter.sha256 if adapter else None,
+                lora_scale=adapter.scale if adapter else None,
+                scheduler=settings.scheduler,
+                steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                spec_sha256=self.settings.spec_sha256,
+                synth_version=__version__,
+                device=generator.device_name,
+                created_at=self.settings.created_at,
+                attempt=item.attempt,
+            )
+            image_bytes = encode_image(item.image, self.settings.image_format, record.png_text())
+            records.append(replace(record, image_bytes=image_bytes))
+        return records_to_table(records)
+
+
+@contextmanager
+def _pinned_cpu_threads(on_cpu: bool):
+    if not on_cpu:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS_PER_WORKER)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,206 @@
+"""Planning: exactly which synthetic images are missing, each with a deterministic id and seed.
+
+Everything here is pure. A sample's id, seed and prompt derive from (spec seed, class, index)
+alone, so the same spec names the same images whatever the batch size, worker count or order.
+Samples are laid out class after class in spec order and cut into shards of `shard_size`; a
+shard's samples are computed on demand, so even a plan of millions never sits in memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from synth.errors import PlanError
+from synth.spec import MAX_SEED, Spec
+
+# Allows for float error in p·N (0.15 * 10 is 1.4999999999999998) before rounding half up.
+_ROUNDING_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """One class's counts and the prompts its synthetic samples draw from."""
+
+    label: str
+    real: int
+    target: int
+    synthetic: int
+    prompts: tuple[str, ...]
+    negative_prompt: str
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    sample_id: str
+    label: str
+    index: int  # position within its class
+    prompt: str
+    negative_prompt: str
+    seed: int
+    shard: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    seed: int
+    classes: tuple[ClassPlan, ...]
+    shard_size: int
+
+    @property
+    def total_synthetic(self) -> int:
+        return sum(c.synthetic for c in self.classes)
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.total_synthetic / self.shard_size)
+
+    def samples_in_shard(self, shard: int) -> list[PlannedSample]:
+        """The samples of one shard, in order."""
+        if not 0 <= shard < self.num_shards:
+            raise IndexError(f"shard {shard} is outside 0..{self.num_shards - 1}")
+        start = shard * self.shard_size
+        stop = min(start + self.shard_size, self.total_synthetic)
+        return [self._sample_at(ordinal) for ordinal in range(start, stop)]
+
+    def iter_samples(self) -> Iterator[PlannedSample]:
+        for shard in range(self.num_shards):
+            yield from self.samples_in_shard(shard)
+
+    def _sample_at(self, ordinal: int) -> PlannedSample:
+        class_starts = self._class_starts()
+        position = bisect.bisect_right(class_starts, ordinal) - 1
+        cls = self.classes[position]
+        index = ordinal - class_starts[position]
+        seed = sample_seed(self.seed, cls.label, index)
+        return PlannedSample(
+            sample_id=sample_id(cls.label, index),
+            label=cls.label,
+            index=index,
+            prompt=choose_prompt(cls.prompts, seed),
+            negative_prompt=cls.negative_prompt,
+            seed=seed,
+            shard=ordinal // self.shard_size,
+        )
+
+    def _class_starts(self) -> list[int]:
+        starts, running = [], 0
+        for cls in self.classes:
+            starts.append(running)
+            running += cls.synthetic
+        return starts
+
+
+def plan_for_spec(spec: Spec, real: Mapping[str, int]) -> Plan:
+    """The plan for a validated spec, given real image counts per class."""
+    counts = plan_counts(
+        labels=spec.labels,
+        real=real,
+        distribution=spec.target.distribution,
+        total=spec.target.resolved_total,
+        synthetic=spec.target.synthetic,
+    )
+    classes = []
+    for label, (real_count, target, synthetic) in counts.items():
+        class_spec = spec.classes.get(label)
+        classes.append(
+            ClassPlan(
+                label=label,
+                real=real_count,
+                target=target,
+                synthetic=synthetic,
+                prompts=tuple(class_spec.prompts) if class_spec else (),
+                negative_prompt=class_spec.negative_prompt if class_spec else "",
+            )
+        )
+    return Plan(seed=spec.seed, classes=tuple(classes), shard_size=spec.output.shard_size)
+
+
+def plan_counts(
+    labels: Sequence[str],
+    real: Mapping[str, int],
+    distribution: Mapping[str, float] | None = None,
+    total: int | Literal["auto"] = "auto",
+    synthetic: Mapping[str, int] | None = None,
+) -> dict[str, tuple[int, int, int]]:
+    """(real, target, synthetic) per label.
+
+    With a distribution, target_c = round(p_c·N) (half up) and synthetic_c = target_c − real_c;
+    `total="auto"` takes the smallest N for which no class needs a negative count.
+    With explicit synthetic counts, target_c = real_c + synthetic_c.
+    """
+    if synthetic is not None:
+        return {
+            label: (real[label], real[label] + synthetic.get(label, 0), synthetic.get(label, 0))
+            for label in labels
+        }
+    assert distribution is not None
+    n_total = smallest_total(labels, real, distribution) if total == "auto" else total
+    result = {}
+    for label in labels:
+        target = _round_half_up(distribution[label] * n_total)
+        if target < real[label]:
+            needed = smallest_total(labels, real, distribution)
+            raise PlanError(
+                f"target.total {n_total} gives class '{label}' {target} images, but it already "
+                f"has {real[label]} real ones; raise target.total to at least {needed} "
+                "or set it to auto"
+            )
+        result[label] = (real[label], target, target - real[label])
+    return result
+
+
+def smallest_total(
+    labels: Sequence[str], real: Mapping[str, int], distribution: Mapping[str, float]
+) -> int:
+    """The smallest N at which round(p_c·N) ≥ real_c for every class."""
+    lower_bound = max(1, sum(real[label] for label in labels))
+    for label in labels:
+        share, have = distribution[label], real[label]
+        if share == 0 and have > 0:
+            raise PlanError(
+                f"class '{label}' has {have} real images but target.distribution gives it 0; "
+                "give it a proportion above 0, or use target.synthetic"
+            )
+        if share > 0:
+            lower_bound = max(lower_bound, math.ceil((have - 0.5) / share))
+    n_total = lower_bound
+    while any(_round_half_up(distribution[lb] * n_total) < real[lb] for lb in labels):
+        n_total += 1
+    return n_total
+
+
+def sample_id(label: str, index: int) -> str:
+    return f"{label}-{index:06d}"
+
+
+def sample_seed(master_seed: int, label: str, index: int) -> int:
+    """A 63-bit seed from (spec seed, class, index) alone."""
+    return _hash_to_seed(f"synth-sample:{master_seed}:{label}:{index}")
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """The seed for a later attempt at a sample whose image came out bad (attempt 1 = `seed`)."""
+    return seed if attempt == 1 else _hash_to_seed(f"synth-retry:{seed}:{attempt}")
+
+
+def choose_prompt(prompts: Sequence[str], seed: int) -> str:
+    return prompts[seed % len(prompts)]
+
+
+def shard_file_name(shard: int, num_shards: int) -> str:
+    """Hugging Face's shard naming: train-00000-of-00012.parquet."""
+    return f"train-{shard:05d}-of-{num_shards:05d}.parquet"
+
+
+def _hash_to_seed(text: str) -> int:
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & MAX_SEED
+
+
+def _round_half_up(value: float) -> int:
+    return math.floor(value + 0.5 + _ROUNDING_SLACK)

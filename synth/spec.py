@@ -1,0 +1,396 @@
+"""The YAML spec: a validated, typed description of one synthetic-data job.
+
+Validation lives here and only here. Every later stage trusts a `Spec`.
+Relative paths in a spec resolve against the spec file's folder, so a spec means the same
+thing whatever the current directory is; `load_spec` returns a spec with absolute paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synth.errors import SpecError
+
+# Labels become file names, sample ids and adapter names, so they may never hold a path
+# separator or start with a dot: a label like "../../x" is rejected here.
+LabelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+SchedulerName = Literal["euler", "euler_ancestral", "dpmpp_2m", "ddim", "unipc"]
+DtypeName = Literal["float32", "float16", "bfloat16"]
+MAX_SEED = 2**63 - 1
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ManifestSource(StrictModel):
+    """Real images listed in a CSV or Parquet file with columns path,label[,split]."""
+
+    kind: Literal["manifest"]
+    path: Path
+    labels: list[LabelName] = Field(min_length=1)
+
+
+class CountsSource(StrictModel):
+    """Real class counts given directly: plan and generate without any real images."""
+
+    kind: Literal["counts"]
+    counts: dict[LabelName, Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    labels: list[LabelName] | None = None
+
+    @model_validator(mode="after")
+    def _labels_match_counts(self) -> CountsSource:
+        if self.labels is not None and sorted(self.labels) != sorted(self.counts):
+            raise ValueError(
+                f"source.labels {self.labels} must name the same classes as source.counts "
+                f"{list(self.counts)}; drop source.labels to use the counts' order"
+            )
+        return self
+
+
+Source = Annotated[Union[ManifestSource, CountsSource], Field(discriminator="kind")]  # noqa: UP007
+
+
+class Target(StrictModel):
+    """Either a label distribution (with a total) or explicit synthetic counts per class."""
+
+    distribution: dict[LabelName, Annotated[float, Field(ge=0, le=1)]] | None = None
+    total: Annotated[int, Field(gt=0)] | Literal["auto"] | None = None
+    synthetic: dict[LabelName, Annotated[int, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_mode(self) -> Target:
+        if (self.distribution is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of target.distribution or target.synthetic")
+        if self.synthetic is not None and self.total is not None:
+            raise ValueError("target.total only applies with target.distribution; remove it")
+        if self.distribution is not None:
+            proportion_sum = math.fsum(self.distribution.values())
+            if abs(proportion_sum - 1.0) > 1e-6:
+                raise ValueError(
+                    f"target.distribution proportions sum to {proportion_sum:.6g}; "
+                    "they must sum to 1"
+                )
+        if self.synthetic is not None and sum(self.synthetic.values()) == 0:
+            raise ValueError("target.synthetic asks for no images at all; give a count above 0")
+        return self
+
+    @property
+    def resolved_total(self) -> int | Literal["auto"]:
+        return "auto" if self.total is None else self.total
+
+
+class Generator(StrictModel):
+    """The diffusers pipeline and how it samples. Every field here changes the images."""
+
+    model: str
+    vae: str | None = None
+    dtype: DtypeName = "float16"
+    scheduler: SchedulerName = "euler"
+    steps: Annotated[int, Field(ge=1, le=1000)] = 30
+    guidance_scale: Annotated[float, Field(ge=0, le=50)] = 7.0
+    height: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
+    width: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+
+
+class Lora(StrictModel):
+    """A LoRA adapter: a .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
+
+    path: Path
+    scale: Annotated[float, Field(ge=0, le=2)] = 1.0
+
+
+class ClassSpec(StrictModel):
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    negative_prompt: str = ""
+    lora: Lora | None = None
+
+
+class Compute(StrictModel):
+    ray_address: str | None = None
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    gpus_per_worker: Annotated[float, Field(gt=0)] = 1
+
+
+class Output(StrictModel):
+    dir: Path | None = None
+    shard_size: Annotated[int, Field(ge=1)] = 256
+    image_format: Literal["png", "webp", "jpeg"] = "png"
+
+
+class Spec(StrictModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    source: Source
+    target: Target
+    generator: Generator
+    classes: dict[LabelName, ClassSpec] = Field(min_length=1)
+    compute: Compute = Compute()
+    output: Output = Output()
+
+    @model_validator(mode="after")
+    def _labels_are_consistent(self) -> Spec:
+        labels = self.labels
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"source.labels has duplicates: {labels}")
+        for label in self.classes:
+            if label not in labels:
+                raise ValueError(f"classes.{label} is not in source.labels {labels}")
+        wanted = self.target.distribution or self.target.synthetic or {}
+        section = "distribution" if self.target.distribution is not None else "synthetic"
+        for label in wanted:
+            if label not in labels:
+                raise ValueError(f"target.{section}.{label} is not in source.labels {labels}")
+            if label not in self.classes:
+                raise ValueError(
+                    f"target.{section}.{label} has no entry under classes; "
+                    f"add classes.{label} with its prompts"
+                )
+        if self.target.distribution is not None:
+            missing = [label for label in labels if label not in self.target.distribution]
+            if missing:
+                raise ValueError(
+                    f"target.distribution gives no proportion for {missing}; "
+                    "give one for every label in source.labels (0 is allowed)"
+                )
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        """The classes considered, in the spec's order."""
+        if isinstance(self.source, CountsSource) and self.source.labels is None:
+            return list(self.source.counts)
+        assert self.source.labels is not None
+        return list(self.source.labels)
+
+    def generation_fingerprint(self) -> dict[str, Any]:
+        """The part of the spec that changes which images are made, as plain JSON data."""
+        return {
+            "seed": self.seed,
+            "generator": self.generator.model_dump(mode="json"),
+            "classes": {k: v.model_dump(mode="json") for k, v in self.classes.items()},
+            "output": {
+                "shard_size": self.output.shard_size,
+                "image_format": self.output.image_format,
+            },
+        }
+
+
+def sha256_of_json(data: Any) -> str:
+    """A stable digest of JSON-serialisable data (sorted keys, no whitespace)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, validate and path-resolve a spec file. Raises SpecError with file, line and key."""
+    spec_path = Path(path)
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{spec_path}: spec file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{spec_path}: cannot read spec file ({err})") from None
+    spec = parse_spec(text, source_name=str(spec_path))
+    return resolve_paths(spec, spec_path.resolve().parent)
+
+
+def parse_spec(text: str, source_name: str = "<spec>") -> Spec:
+    """Validate spec YAML text. Paths are left as written."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{source_name}:{mark.line + 1}:{mark.column + 1}" if mark else source_name
+        raise SpecError(f"{where}: malformed YAML: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{source_name}: malformed YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{source_name}: a spec must be a YAML mapping with keys like name, seed")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_describe_validation_error(err, text, source_name)) from None
+
+
+def resolve_paths(spec: Spec, base: Path) -> Spec:
+    """Make the spec's local paths absolute against `base`; hub ids are left as they are."""
+
+    def local_or_hub_id(ref: str | None) -> str | None:
+        if ref is None:
+            return None
+        candidate = Path(ref).expanduser()
+        candidate = candidate if candidate.is_absolute() else base / candidate
+        return str(candidate.resolve()) if candidate.exists() else ref
+
+    def absolute(path: Path) -> Path:
+        path = path.expanduser()
+        return (path if path.is_absolute() else base / path).resolve()
+
+    source = spec.source
+    if isinstance(source, ManifestSource):
+        source = source.model_copy(update={"path": absolute(source.path)})
+    generator = spec.generator.model_copy(
+        update={
+            "model": local_or_hub_id(spec.generator.model),
+            "vae": local_or_hub_id(spec.generator.vae),
+        }
+    )
+    classes = {
+        label: cls.model_copy(
+            update={"lora": cls.lora.model_copy(update={"path": absolute(cls.lora.path)})}
+        )
+        if cls.lora
+        else cls
+        for label, cls in spec.classes.items()
+    }
+    out_dir = absolute(spec.output.dir) if spec.output.dir else absolute(Path("runs") / spec.name)
+    output = spec.output.model_copy(update={"dir": out_dir})
+    return spec.model_copy(
+        update={"source": source, "generator": generator, "classes": classes, "output": output}
+    )
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    """The spec as YAML, in the same shape it was written in."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec, for editors."""
+    return Spec.model_json_schema()
+
+
+# --- error messages -------------------------------------------------------------------------
+
+
+def _describe_validation_error(err: ValidationError, text: str, source_name: str) -> str:
+    problems = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        yaml_path = _yaml_path(loc)
+        key_path = ".".join(str(part) for part in yaml_path) or "(top level)"
+        line = _line_of(text, yaml_path)
+        where = f"{source_name}:{line}" if line else source_name
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key '{loc[-1]}'"
+            suggestion = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1)
+            if suggestion:
+                message += f" (did you mean '{suggestion[0]}'?)"
+            else:
+                message += f"; allowed here: {', '.join(_known_keys(loc[:-1]))}"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif item["type"] == "value_error":
+            message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+            key_path = key_path if yaml_path else "spec"
+        else:
+            message = f"{item['msg']} (got {item.get('input')!r})"
+        problems.append(f"{where}: {key_path}: {message}")
+    more = (
+        f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+    )
+    return problems[0] + more
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union tags (e.g. 'manifest' in source.manifest.path) from a location."""
+    path: list[Any] = []
+    node: Any = Spec
+    for part in loc:
+        child = _child_type(node, part)
+        if child is _UNION_TAG:
+            node = _union_member(node, part)
+            continue
+        path.append(part)
+        node = child
+    return tuple(path)
+
+
+_UNION_TAG = object()
+
+
+def _strip(annotation: Any) -> list[Any]:
+    """Unwrap Annotated/Optional/Union into the list of concrete member types."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _strip(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        members: list[Any] = []
+        for arg in typing.get_args(annotation):
+            members.extend(_strip(arg))
+        return [m for m in members if m is not type(None)]
+    return [annotation]
+
+
+def _child_type(node: Any, part: Any) -> Any:
+    members = _strip(node)
+    models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+    if len(models) > 1 and any(_kind_of(m) == part for m in models):
+        return _UNION_TAG
+    for member in members:
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            if part in member.model_fields:
+                return member.model_fields[part].annotation
+        elif typing.get_origin(member) is dict:
+            return typing.get_args(member)[1]
+        elif typing.get_origin(member) is list:
+            return typing.get_args(member)[0]
+    return None
+
+
+def _kind_of(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("kind")
+    return typing.get_args(field.annotation)[0] if field else None
+
+
+def _union_member(node: Any, tag: Any) -> Any:
+    return next(m for m in _strip(node) if isinstance(m, type) and _kind_of(m) == tag)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    node: Any = Spec
+    for part in loc:
+        child = _child_type(node, part)
+        node = _union_member(node, part) if child is _UNION_TAG else child
+    return [
+        name
+        for member in _strip(node)
+        if isinstance(member, type) and issubclass(member, BaseModel)
+        for name in member.model_fields
+    ]
+
+
+def _line_of(text: str, yaml_path: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest key of `yaml_path` that exists in the YAML text."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in yaml_path:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(part)), None)
+            key = next((k for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
