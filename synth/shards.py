@@ -87,10 +87,10 @@ class ImageRecord:
     attempt: int
 
     def png_text(self) -> dict[str, str]:
-        """The provenance that travels inside the image file itself."""
-        return image_text_metadata(
-            {k: v for k, v in asdict(self).items() if k not in ("image_bytes", "image_path")}
-        )
+        """The provenance that travels inside the image file itself. The run time stays out, so
+        an image's bytes depend on the sample alone and re-runs reproduce them exactly."""
+        skipped = ("image_bytes", "image_path", "created_at")
+        return image_text_metadata({k: v for k, v in asdict(self).items() if k not in skipped})
 
 
 def image_text_metadata(provenance: dict[str, object]) -> dict[str, str]:

@@ -1,0 +1,64 @@
+"""Shared fixtures: a small SDXL-architecture model and LoRA, built once, offline, and specs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synth.generate.small_sdxl import build_small_sdxl, save_random_lora
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight StableDiffusionXLPipeline saved in diffusers format."""
+    return build_small_sdxl(tmp_path_factory.mktemp("models") / "small-sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_lora(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random UNet LoRA for `small_model`, saved with save_lora_weights."""
+    return save_random_lora(small_model, tmp_path_factory.mktemp("lora") / "opacity", seed=1)
+
+
+def base_spec(model: Path, lora: Path | None = None) -> dict:
+    """A tiny, fast spec as plain data: 10 opacity + 3 normal images, shards of 4."""
+    spec = {
+        "name": "test_run",
+        "seed": 1234,
+        "source": {"kind": "counts", "counts": {"opacity": 2, "normal": 9}},
+        "target": {"synthetic": {"opacity": 10, "normal": 3}},
+        "generator": {
+            "model": str(model),
+            "dtype": "float32",
+            "scheduler": "euler",
+            "steps": 3,
+            "guidance_scale": 5.0,
+            "height": 32,
+            "width": 32,
+            "batch_size": 4,
+        },
+        "classes": {
+            "opacity": {
+                "prompts": [
+                    "Chest x-ray. Lung opacity. Opacity lung base right.",
+                    "Chest x-ray. Lung opacity. Patchy opacity left lower lobe.",
+                ],
+            },
+            "normal": {"prompts": ["Chest x-ray. Normal. The lungs are clear."]},
+        },
+        "compute": {"num_workers": 1},
+        "output": {"shard_size": 4},
+    }
+    if lora is not None:
+        spec["classes"]["opacity"]["lora"] = {"path": str(lora), "scale": 0.8}
+    return spec
+
+
+def write_spec(folder: Path, data: dict, name: str = "spec.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(copy.deepcopy(data), sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,93 @@
+"""The `synth` command: exit codes, one-line errors, nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from synth.cli import main
+from tests.conftest import base_spec, write_spec
+
+
+def test_plan_json_is_the_documented_shape(tmp_path: Path, capsys):
+    data = base_spec(tmp_path / "model")
+    data["source"]["counts"] = {"opacity": 445, "normal": 500}
+    data["target"] = {"distribution": {"opacity": 0.5, "normal": 0.5}, "total": 1000}
+    assert main(["plan", str(write_spec(tmp_path, data)), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "classes": {
+            "opacity": {"real": 445, "target": 500, "synthetic": 55},
+            "normal": {"real": 500, "target": 500, "synthetic": 0},
+        },
+        "total_synthetic": 55,
+    }
+
+
+def test_plan_table(tmp_path: Path, capsys):
+    assert main(["plan", str(write_spec(tmp_path, base_spec(tmp_path / "m")))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["class", "real", "target", "synthetic"]
+    assert lines[1].split() == ["opacity", "2", "12", "10"]
+    assert lines[3].split() == ["total", "11", "24", "13"]
+
+
+def test_validate_and_schema(tmp_path: Path, capsys):
+    assert main(["validate", str(write_spec(tmp_path, base_spec(tmp_path / "m")))]) == 0
+    assert "valid; 13 synthetic images in 4 shards" in capsys.readouterr().out
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"name", "seed", "source", "target", "generator", "classes"} <= set(schema["properties"])
+
+
+def test_a_bad_spec_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys):
+    data = base_spec(tmp_path / "m")
+    data["generator"]["stepss"] = 3
+    data["output"]["dir"] = "out"
+    spec = write_spec(tmp_path, data)
+    assert main(["run", str(spec)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("synth: error: ") and "did you mean 'steps'?" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_model_folder_fails_before_anything_is_written(tmp_path: Path, capsys):
+    data = base_spec(tmp_path / "no-such-model")
+    data["generator"]["model"] = str(tmp_path / "no-such-model")
+    data["output"]["dir"] = "out"
+    assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 2
+    assert "folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_preview_writes_a_grid_and_samples_with_full_metadata(
+    tmp_path: Path, small_model: Path, small_lora: Path, capsys
+):
+    spec = write_spec(tmp_path, base_spec(small_model, small_lora))
+    grid = tmp_path / "preview" / "grid.png"
+    assert main(["preview", str(spec), "--class", "opacity", "-n", "3", "--out", str(grid)]) == 0
+    with Image.open(grid) as image:
+        assert image.size == (64, 64)  # 2x2 cells of 32 px, one left blank
+        samples = json.loads(image.text["samples"])
+        assert [s["sample_id"] for s in samples] == [f"opacity-00000{i}" for i in range(3)]
+        assert image.text["scheduler"] == "euler" and image.text["lora_scale"] == "0.8"
+    with Image.open(grid.parent / "grid_samples" / "opacity-000001.png") as image:
+        text = image.text
+    for key in ("Description", "Seed", "Model", "Software", "negative_prompt", "lora",
+                "lora_sha256", "lora_scale", "scheduler", "steps", "guidance_scale"):  # fmt: skip
+        assert key in text, key
+    assert text["Seed"] == str(samples[1]["seed"])
+    assert main(["preview", str(spec), "--class", "effusion", "--out", str(grid)]) == 2
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [Path(sys.executable).parent / "synth", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("synth ")

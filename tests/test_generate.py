@@ -1,0 +1,172 @@
+"""The generator backend on the small SDXL-architecture model: LoRA, batching, retries, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synth.errors import GenerationError, ModelError
+from synth.generate.pipeline import SampleGenerator, is_bad_image
+from synth.generate.render import RenderSettings, ShardRenderer
+from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl, save_random_lora
+from synth.plan import ClassPlan, Plan, retry_seed
+from synth.spec import ClassSpec, Generator, Lora
+
+pytestmark = pytest.mark.slow
+PROMPT = "Chest x-ray. Lung opacity. Opacity lung base right."
+
+
+def _generator(model: Path, batch_size: int = 4) -> Generator:
+    return Generator(
+        model=str(model), dtype="float32", steps=3, height=32, width=32, batch_size=batch_size
+    )
+
+
+def _samples(count: int, label: str = "opacity"):
+    cls = ClassPlan(label, 0, count, count, (PROMPT, "Chest x-ray. Lung opacity."), "")
+    return Plan(seed=99, classes=(cls,), shard_size=count).samples_in_shard(0)
+
+
+def _shard_rows(model: Path, classes: dict, count: int = 4, batch_size: int = 4) -> list[dict]:
+    settings = RenderSettings(_generator(model, batch_size), classes, "sha", "t", "png")
+    return ShardRenderer(settings).render(_samples(count)).to_pylist()
+
+
+def _pixels(rows: list[dict]) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(BytesIO(r["image"]["bytes"]))) for r in rows])
+
+
+def test_lora_changes_the_images_and_scale_zero_equals_no_lora(small_model, small_lora):
+    plain = _shard_rows(small_model, {"opacity": ClassSpec(prompts=[PROMPT])})
+    with_lora = _shard_rows(
+        small_model, {"opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=small_lora, scale=1))}
+    )
+    zero = _shard_rows(
+        small_model, {"opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=small_lora, scale=0))}
+    )
+    assert np.abs(_pixels(plain).astype(int) - _pixels(with_lora)).mean() > 1.0
+    assert [r["image"]["bytes"] for r in zero] != [r["image"]["bytes"] for r in with_lora]
+    assert np.array_equal(_pixels(zero), _pixels(plain))
+    assert with_lora[0]["lora_sha256"] and with_lora[0]["lora_scale"] == 1.0
+    assert plain[0]["lora"] is None
+
+
+def test_switching_classes_in_one_shard_uses_each_class_adapter(small_model, small_lora):
+    classes = {
+        "opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=small_lora, scale=1)),
+        "normal": ClassSpec(prompts=["Chest x-ray. Normal."]),
+    }
+    plan = Plan(
+        seed=5,
+        classes=(
+            ClassPlan("opacity", 0, 2, 2, (PROMPT,), ""),
+            ClassPlan("normal", 0, 2, 2, ("Chest x-ray. Normal.",), ""),
+        ),
+        shard_size=4,
+    )
+    settings = RenderSettings(_generator(small_model), classes, "sha", "t", "png")
+    mixed = ShardRenderer(settings).render(plan.samples_in_shard(0)).to_pylist()
+    normal_only = ShardRenderer(
+        RenderSettings(_generator(small_model), {"normal": classes["normal"]}, "sha", "t", "png")
+    ).render(plan.samples_in_shard(0)[2:])
+    assert [r["label"] for r in mixed] == ["opacity", "opacity", "normal", "normal"]
+    assert [r["lora"] is None for r in mixed] == [False, False, True, True]
+    # The normal rows of the mixed shard match a run that never loaded the LoRA at all.
+    assert [r["image"]["bytes"] for r in mixed[2:]] == [
+        r["image"]["bytes"] for r in normal_only.to_pylist()
+    ]
+
+
+def test_batch_size_does_not_change_the_images(small_model):
+    classes = {"opacity": ClassSpec(prompts=[PROMPT])}
+    by_four = _shard_rows(small_model, classes, count=8, batch_size=4)
+    by_eight = _shard_rows(small_model, classes, count=8, batch_size=8)
+    by_one = _shard_rows(small_model, classes, count=8, batch_size=1)
+    # Batches of 4 and more run the same CPU kernels: identical bytes.
+    assert [r["image"]["bytes"] for r in by_four] == [r["image"]["bytes"] for r in by_eight]
+    # Batches below 4 take small-matrix kernels whose float sums differ by ~1e-6, which can
+    # move a rare pixel by one 8-bit level (see README, "Determinism").
+    difference = np.abs(_pixels(by_one).astype(int) - _pixels(by_four))
+    assert difference.max() <= 1
+    assert (difference == 0).mean() > 0.999
+
+
+def test_a_bad_image_is_regenerated_with_a_derived_seed(small_model):
+    classes = {"opacity": ClassSpec(prompts=[PROMPT])}
+    samples = _samples(4)
+    healthy = SampleGenerator(_generator(small_model), classes).render(samples)
+    victim = np.asarray(healthy[1].image)
+
+    def check(pixels: np.ndarray) -> bool:
+        # The pipeline here is healthy, so sample 1's first image stands in for a NaN output.
+        as_uint8 = (pixels * 255).round().astype(np.uint8)
+        return is_bad_image(pixels) or np.array_equal(as_uint8, victim)
+
+    rendered = SampleGenerator(_generator(small_model), classes, image_check=check).render(samples)
+    assert [r.attempt for r in rendered] == [1, 2, 1, 1]
+    assert rendered[1].seed == retry_seed(samples[1].seed, 2) != samples[1].seed
+    assert not np.array_equal(np.asarray(rendered[1].image), victim)
+    assert np.array_equal(np.asarray(rendered[0].image), np.asarray(healthy[0].image))
+
+
+def test_an_image_that_stays_bad_stops_the_run_with_a_clear_error(small_model):
+    generator = SampleGenerator(
+        _generator(small_model), {"opacity": ClassSpec(prompts=[PROMPT])},
+        image_check=lambda pixels: True,
+    )  # fmt: skip
+    with pytest.raises(GenerationError, match="opacity-000000: image still NaN or black after 3"):
+        generator.render(_samples(1))
+
+
+def test_bad_image_detection():
+    assert is_bad_image(np.full((4, 4, 3), np.nan, dtype=np.float32))
+    assert is_bad_image(np.zeros((4, 4, 3), dtype=np.float32))
+    assert not is_bad_image(np.full((4, 4, 3), 0.5, dtype=np.float32))
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(ModelError, match="generator.model .*: folder not found"):
+        SampleGenerator(_generator(tmp_path / "nope"), {})
+
+
+def test_folder_that_is_not_a_diffusers_pipeline(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="not a diffusers folder"):
+        SampleGenerator(_generator(tmp_path), {})
+
+
+def test_model_folder_missing_a_component(small_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(small_model, broken)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(ModelError, match="generator.model .*: cannot load"):
+        SampleGenerator(_generator(broken), {})
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
+def test_unusable_lora_files(small_model, small_lora, tmp_path, damage):
+    target = tmp_path / "opacity.safetensors"
+    if damage == "garbage":
+        target.write_bytes(b"this is not a safetensors file")
+    elif damage == "truncated":
+        target.write_bytes(small_lora.read_bytes()[:200])
+    classes = {"opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=target))}
+    message = "not found" if damage == "missing" else "not a readable safetensors file"
+    with pytest.raises(ModelError, match=message):
+        SampleGenerator(_generator(small_model), classes)
+
+
+def test_lora_made_for_a_different_model(small_model, tmp_path):
+    other = build_small_sdxl(tmp_path / "other", size=SmallSDXLSize(unet_channels=(16, 32)))
+    foreign = save_random_lora(other, tmp_path / "foreign")
+    classes = {"opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=foreign))}
+    with pytest.raises(ModelError, match="does not fit model"):
+        SampleGenerator(_generator(small_model), classes)

@@ -1,0 +1,163 @@
+"""`synth run` end to end, in-process, on the small model: output folder, resume, provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from synth.errors import OutputError
+from synth.run import run_spec
+from synth.shards import SHARD_SCHEMA
+from synth.spec import load_spec
+from tests.conftest import base_spec, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def spec_path(tmp_path: Path, small_model: Path, small_lora: Path) -> Path:
+    return write_spec(tmp_path, base_spec(small_model, small_lora))
+
+
+def _run(spec_path: Path, out: Path, **kwargs):
+    return run_spec(load_spec(spec_path), out, in_process=True, show_progress=False, **kwargs)
+
+
+def _shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
+
+
+def test_a_run_writes_the_documented_output_folder(spec_path: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    summary = _run(spec_path, out)
+    assert (summary.shards_total, summary.shards_written) == (4, 4)
+    assert sorted(_shard_bytes(out)) == [f"train-0000{i}-of-00004.parquet" for i in range(4)]
+    assert {p.name for p in out.iterdir()} == {
+        "spec.yaml",
+        "plan.parquet",
+        "data",
+        "README.md",
+        "run.json",
+    }
+
+    plan = pq.read_table(out / "plan.parquet").to_pylist()
+    assert len(plan) == 13 and plan[0]["sample_id"] == "opacity-000000" and plan[-1]["shard"] == 3
+    table = pq.read_table(out / "data")
+    assert table.schema.remove_metadata() == SHARD_SCHEMA.remove_metadata()
+    rows = table.to_pylist()
+    assert [r["sample_id"] for r in rows] == [r["sample_id"] for r in plan]
+    assert [r["seed"] for r in rows] == [r["seed"] for r in plan]
+    for row in rows:
+        assert row["image"]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+        assert row["image"]["path"] == f"{row['sample_id']}.png"
+        for column in ("prompt", "model", "scheduler", "spec_sha256", "synth_version", "device",
+                       "created_at"):  # fmt: skip
+            assert row[column], column
+        assert (row["width"], row["height"], row["steps"], row["attempt"]) == (32, 32, 3, 1)
+    opacity = next(r for r in rows if r["label"] == "opacity")
+    normal = next(r for r in rows if r["label"] == "normal")
+    assert opacity["lora"].endswith(".safetensors") and len(opacity["lora_sha256"]) == 64
+    assert opacity["lora_scale"] == 0.8
+    assert normal["lora"] is None and normal["lora_scale"] is None
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete"
+    invocation = run["invocations"][-1]
+    assert invocation["shards_written"] == 4 and len(invocation["shard_seconds"]) == 4
+    assert invocation["model_load_seconds"] and invocation["startup_seconds"] > 0
+    assert "torch" in run["versions"] and "diffusers" in run["versions"]
+    resolved = yaml.safe_load((out / "spec.yaml").read_text())
+    assert resolved["output"]["dir"] == str(spec_path.parent / "runs" / "test_run")
+    assert resolved["classes"]["opacity"]["lora"]["path"] == opacity["lora"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "dtype: image" in card
+
+
+def test_shards_read_back_with_hugging_face_datasets(spec_path: Path, tmp_path: Path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    dataset = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert len(dataset) == 13
+    assert dataset.features["image"].__class__.__name__ == "Image"
+    first = dataset[0]
+    assert first["image"].size == (32, 32)
+    assert first["image"].text["Seed"] == str(first["seed"])  # provenance inside the PNG too
+    assert first["image"].text["lora_sha256"] == first["lora_sha256"]
+
+
+def test_deleting_a_shard_regenerates_exactly_that_shard_with_identical_bytes(
+    spec_path: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    before = _shard_bytes(out)
+    victim = out / "data" / "train-00001-of-00004.parquet"
+    victim.unlink()
+    summary = _run(spec_path, out)
+    assert (summary.shards_written, summary.shards_reused) == (1, 3)
+    assert _shard_bytes(out) == before
+
+
+def test_a_finished_run_does_nothing(spec_path: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    summary = _run(spec_path, out)
+    assert summary.shards_written == 0 and summary.shards_reused == 4
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["invocations"]) == 2
+    assert run["invocations"][-1]["note"].startswith("nothing to do")
+
+
+def test_corrupt_shards_and_leftover_temporary_files_are_replaced(spec_path: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    before = _shard_bytes(out)
+    truncated = out / "data" / "train-00002-of-00004.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    (out / "data" / "train-00003-of-00004.parquet").write_bytes(b"garbage")
+    (out / "data" / ".tmp-train-00000-of-00004.parquet").write_bytes(b"half")
+    summary = _run(spec_path, out)
+    assert summary.shards_written == 2
+    assert _shard_bytes(out) == before
+    assert not list((out / "data").glob(".tmp-*"))
+
+
+def test_a_changed_spec_refuses_to_mix_unless_overwritten(
+    spec_path: Path, tmp_path: Path, small_model: Path, small_lora: Path
+):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    changed = base_spec(small_model, small_lora)
+    changed["generator"]["steps"] = 4
+    changed_path = write_spec(tmp_path, changed, "changed.yaml")
+    with pytest.raises(OutputError, match="holds a run of a different spec.*--overwrite"):
+        _run(changed_path, out)
+    summary = _run(changed_path, out, overwrite=True)
+    assert summary.shards_written == 4
+    assert set(pq.read_table(out / "data").column("steps").to_pylist()) == {4}
+
+
+def test_batch_size_is_not_part_of_the_run_identity(
+    spec_path: Path, tmp_path: Path, small_model: Path, small_lora: Path
+):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    (out / "data" / "train-00000-of-00004.parquet").unlink()
+    bigger = base_spec(small_model, small_lora)
+    bigger["generator"]["batch_size"] = 8
+    summary = _run(write_spec(tmp_path, bigger, "bigger.yaml"), out)
+    assert summary.shards_written == 1
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_into(spec_path: Path, tmp_path: Path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(OutputError, match="is not a synth run folder"):
+        _run(spec_path, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["holiday.jpg"]
