@@ -44,6 +44,12 @@ class ShardResult:
 ProgressCallback = Callable[[int], None]  # told how many images are finished so far
 
 
+@dataclass
+class DistributionReport:
+    workers: list[str]  # "pid@host device" for each worker that finished a shard
+    worker_deaths: int = 0
+
+
 def render_shard(
     renderer: ShardRenderer, plan: Plan, shard: int, on_batch_done: ProgressCallback | None
 ) -> ShardResult:
@@ -69,7 +75,7 @@ def run_in_process(
     settings: RenderSettings,
     on_shard_done: Callable[[ShardResult], None],
     on_progress: ProgressCallback,
-) -> None:
+) -> DistributionReport:
     """Render shards one after another in this process: for tests, debugging and previews."""
     renderer = ShardRenderer(settings)
     finished = 0
@@ -80,7 +86,9 @@ def run_in_process(
         on_progress(finished)
 
     for shard in shards:
-        on_shard_done(render_shard(renderer, plan, shard, count))
+        result = render_shard(renderer, plan, shard, count)
+        on_shard_done(result)
+    return DistributionReport(workers=[f"in-process {renderer.device_name}"] if shards else [])
 
 
 def run_on_ray(
@@ -90,9 +98,9 @@ def run_on_ray(
     compute: Compute,
     on_shard_done: Callable[[ShardResult], None],
     on_progress: ProgressCallback,
-) -> list[str]:
-    """Render shards on Ray actors, one per GPU (or `num_workers` CPU actors). Returns the
-    workers' descriptions. Starts a local Ray unless `compute.ray_address` names a cluster."""
+) -> DistributionReport:
+    """Render shards on Ray actors, one per GPU (or `num_workers` CPU actors).
+    Starts a local Ray unless `compute.ray_address` names a cluster (or Ray is already up)."""
     import ray
 
     started_ray = _connect(compute)
@@ -125,12 +133,20 @@ def _connect(compute: Compute) -> bool:
 
 
 def worker_count(compute: Compute, cluster_gpus: float) -> int:
-    """`auto`: one worker per `gpus_per_worker` GPUs, or one worker where there is no GPU."""
-    if compute.num_workers != "auto":
-        return compute.num_workers
-    if cluster_gpus >= compute.gpus_per_worker:
-        return int(cluster_gpus // compute.gpus_per_worker)
-    return 1
+    """`auto`: one worker per `gpus_per_worker` GPUs, or one worker where there is no GPU.
+    More GPU workers than the cluster's GPUs can hold would wait forever, so they are capped."""
+    gpu_slots = int(cluster_gpus // compute.gpus_per_worker)
+    if compute.num_workers == "auto":
+        return max(gpu_slots, 1)
+    if gpu_slots and compute.num_workers > gpu_slots:
+        logger.warning(
+            "compute.num_workers %d is more than the %d GPU worker(s) the cluster holds; using %d",
+            compute.num_workers,
+            gpu_slots,
+            gpu_slots,
+        )
+        return gpu_slots
+    return compute.num_workers
 
 
 def _schedule(
@@ -140,25 +156,27 @@ def _schedule(
     compute: Compute,
     on_shard_done: Callable[[ShardResult], None],
     on_progress: ProgressCallback,
-) -> list[str]:
+) -> DistributionReport:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpus = gpus >= compute.gpus_per_worker
-    actor_options = {"num_gpus": compute.gpus_per_worker} if use_gpus else {"num_cpus": 1}
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    count = min(worker_count(compute, gpus), len(shards))
+    if gpus >= compute.gpus_per_worker:
+        actor_options = {"num_gpus": compute.gpus_per_worker}
+    else:
+        # A fractional CPU share when workers outnumber cores: every actor can be placed.
+        actor_options = {"num_cpus": min(1.0, resources.get("CPU", 1) / count)}
     worker_class = ray.remote(_ShardWorker).options(max_restarts=0, **actor_options)
     progress = ray.remote(_ProgressBoard).options(num_cpus=0).remote()
     plan_ref = ray.put(plan)
-    workers = [
-        worker_class.remote(settings, progress)
-        for _ in range(min(worker_count(compute, gpus), len(shards)))
-    ]
+    workers = [worker_class.remote(settings, progress) for _ in range(count)]
     queue = deque(shards)
     deaths: dict[int, int] = {}
     in_flight: dict = {}  # object ref -> (worker, shard)
     load: dict = {worker: 0 for worker in workers}
-    described: list[str] = []
+    report = DistributionReport(workers=[])
     finished_images = 0
     while queue or in_flight:
         for worker in list(load):
@@ -190,6 +208,7 @@ def _schedule(
                 queue.appendleft(shard)
                 if worker in load:
                     # Every other shard queued on the dead worker fails too and is re-queued.
+                    report.worker_deaths += 1
                     del load[worker]
                     load[worker_class.remote(settings, progress)] = 0
                 continue
@@ -198,10 +217,10 @@ def _schedule(
             on_shard_done(result)
             finished_images += result.table.num_rows
             if result.model_load_seconds is not None:
-                described.append(f"{result.worker} {result.device}")
+                report.workers.append(f"{result.worker} {result.device}")
         partial = ray.get(progress.images_in_unfinished_shards.remote())
         on_progress(finished_images + partial)
-    return described
+    return report
 
 
 class _ShardWorker:

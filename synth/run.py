@@ -142,12 +142,9 @@ def run_spec(
     invocation.update(shards_reused=reused, temporary_files_removed=removed)
     try:
         if in_process:
-            run_in_process(plan, missing, settings, on_shard_done, on_progress)
-            summary.workers = ["in-process"]
+            report = run_in_process(plan, missing, settings, on_shard_done, on_progress)
         else:
-            summary.workers = run_on_ray(
-                plan, missing, settings, spec.compute, on_shard_done, on_progress
-            )
+            report = run_on_ray(plan, missing, settings, spec.compute, on_shard_done, on_progress)
     except BaseException as err:
         invocation.update(status="failed", error=f"{type(err).__name__}: {err}")
         _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
@@ -155,6 +152,8 @@ def run_spec(
     finally:
         bar.close()
     generation_seconds = time.perf_counter() - generation_started
+    summary.workers = report.workers
+    invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
     _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
@@ -281,6 +280,7 @@ def _finish(
         shard_seconds=shard_seconds or {},
         model_load_seconds=model_loads or [],
         workers=summary.workers,
+        devices=sorted({worker.split(" ", 1)[1] for worker in summary.workers}),
     )
     run_record["status"] = invocation["status"]
     try:

@@ -39,3 +39,52 @@ def test_two_ray_workers_make_the_same_images_as_one_process(
     by_ray = pq.read_table(tmp_path / "ray" / "data").drop_columns(["created_at"])
     in_process = pq.read_table(tmp_path / "local" / "data").drop_columns(["created_at"])
     assert by_ray.equals(in_process)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_killed_worker_loses_and_duplicates_nothing(
+    tmp_path: Path, small_model: Path, small_lora: Path
+):
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    data = base_spec(small_model, small_lora)
+    data["target"] = {"synthetic": {"opacity": 28, "normal": 8}}
+    data["compute"] = {"num_workers": 2}
+    spec = load_spec(write_spec(tmp_path, data))
+    out = tmp_path / "out"
+    # The engine reuses a Ray that is already up; this one has the dashboard, for the state API.
+    ray.init(include_dashboard=True, logging_level="ERROR")
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_spec(spec, out, show_progress=False)
+        except BaseException as err:  # handed to the test thread below
+            failures.append(err)
+
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while not list((out / "data").glob("train-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = list_actors(filters=[("class_name", "=", "_ShardWorker"), ("state", "=", "ALIVE")])
+        assert alive, "no live worker to kill"
+        os.kill(alive[0].pid, signal.SIGKILL)
+        thread.join(timeout=300)
+    finally:
+        ray.shutdown()
+    assert not failures
+    written = pq.read_table(out / "data", columns=["sample_id"]).column("sample_id").to_pylist()
+    planned = pq.read_table(out / "plan.parquet").column("sample_id").to_pylist()
+    assert sorted(written) == sorted(planned) and len(written) == len(set(written)) == 36
+    invocation = json.loads((out / "run.json").read_text())["invocations"][-1]
+    assert invocation["worker_deaths"] == 1
+    assert not list((out / "data").glob(".tmp-*"))
