@@ -79,6 +79,7 @@ def test_a_run_writes_the_documented_output_folder(spec_path: Path, tmp_path: Pa
 
 def test_shards_read_back_with_hugging_face_datasets(spec_path: Path, tmp_path: Path):
     import datasets  # a test dependency: this test must never be skipped
+
     out = tmp_path / "out"
     _run(spec_path, out)
     dataset = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
