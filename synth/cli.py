@@ -69,7 +69,7 @@ def _validate(args: argparse.Namespace) -> None:
     from synth.spec import load_spec
 
     spec = load_spec(args.spec)
-    plan = plan_for_spec(spec, real_counts(spec).per_class)
+    plan = plan_for_spec(spec, real_counts(spec))
     print(
         f"{args.spec}: valid; {plan.total_synthetic} synthetic images in {plan.num_shards} shards"
     )
@@ -88,7 +88,7 @@ def _plan(args: argparse.Namespace) -> None:
 
     spec = load_spec(args.spec)
     counts = real_counts(spec)
-    plan = plan_for_spec(spec, counts.per_class)
+    plan = plan_for_spec(spec, counts)
     if args.json:
         classes = {
             c.label: {"real": c.real, "target": c.target, "synthetic": c.synthetic}

@@ -29,6 +29,8 @@ SHARDS_IN_FLIGHT_PER_WORKER = 2
 # A shard whose worker died this many times is more likely killing workers than unlucky.
 MAX_WORKER_DEATHS_PER_SHARD = 3
 _POLL_SECONDS = 0.5
+# How long a new worker may wait for its resources (a GPU, a CPU) before the run gives up.
+WORKER_START_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,17 @@ def _schedule(
     on_progress: ProgressCallback,
 ) -> DistributionReport:
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import RayActorError, RayError, RayTaskError
 
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
+    if 0 < gpus < compute.gpus_per_worker:
+        raise SynthError(
+            f"compute.gpus_per_worker is {compute.gpus_per_worker:g} but the cluster has "
+            f"{gpus:g} GPU(s); lower gpus_per_worker"
+        )
     count = min(worker_count(compute, gpus), len(shards))
-    if gpus >= compute.gpus_per_worker:
+    if gpus:
         actor_options = {"num_gpus": compute.gpus_per_worker}
     else:
         # A fractional CPU share when workers outnumber cores: every actor can be placed.
@@ -171,56 +178,100 @@ def _schedule(
     worker_class = ray.remote(_ShardWorker).options(max_restarts=0, **actor_options)
     progress = ray.remote(_ProgressBoard).options(num_cpus=0).remote()
     plan_ref = ray.put(plan)
-    workers = [worker_class.remote(settings, progress) for _ in range(count)]
     queue = deque(shards)
+    assigned: dict = {}  # live worker -> its shards in submission order; the first is running
+    starting: dict = {}  # worker -> (ready ref, when it was asked for)
+    every_worker = []
     deaths: dict[int, int] = {}
     in_flight: dict = {}  # object ref -> (worker, shard)
-    load: dict = {worker: 0 for worker in workers}
     report = DistributionReport(workers=[])
     finished_images = 0
-    while queue or in_flight:
-        for worker in list(load):
-            while queue and load[worker] < SHARDS_IN_FLIGHT_PER_WORKER:
-                shard = queue.popleft()
-                in_flight[worker.render.remote(plan_ref, shard)] = (worker, shard)
-                load[worker] += 1
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_SECONDS)
-        for ref in ready:
-            worker, shard = in_flight.pop(ref)
-            try:
-                result: ShardResult = ray.get(ref)
-            except RayTaskError as err:
-                cause = err.cause
-                if isinstance(cause, SynthError):
-                    raise cause from None
-                raise GenerationError(
-                    f"shard {shard}: generation failed ({type(cause).__name__}: {cause})"
-                ) from None
-            except RayActorError as err:
-                deaths[shard] = deaths.get(shard, 0) + 1
-                if deaths[shard] >= MAX_WORKER_DEATHS_PER_SHARD:
+
+    def start_worker() -> None:
+        worker = worker_class.remote(settings, progress)
+        every_worker.append(worker)
+        assigned[worker] = deque()
+        starting[worker] = (worker.ready.remote(), time.monotonic())
+
+    try:
+        for _ in range(count):
+            start_worker()
+        while queue or in_flight:
+            for worker, pending in assigned.items():
+                while queue and len(pending) < SHARDS_IN_FLIGHT_PER_WORKER:
+                    shard = queue.popleft()
+                    in_flight[worker.render.remote(plan_ref, shard)] = (worker, shard)
+                    pending.append(shard)
+            _check_workers_started(starting, actor_options)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_SECONDS)
+            for ref in ready:
+                worker, shard = in_flight.pop(ref)
+                try:
+                    result: ShardResult = ray.get(ref)
+                except RayTaskError as err:
+                    cause = err.cause
+                    if isinstance(cause, SynthError):
+                        raise cause from None
                     raise GenerationError(
-                        f"shard {shard}: its worker died {deaths[shard]} times ({err}); "
-                        "check worker memory (lower generator.batch_size) and logs"
+                        f"shard {shard}: generation failed ({type(cause).__name__}: {cause})"
                     ) from None
-                logger.warning("worker died on shard %d; retrying it on another worker", shard)
-                progress.restart.remote(shard)
-                queue.appendleft(shard)
-                if worker in load:
-                    # Every other shard queued on the dead worker fails too and is re-queued.
+                except RayActorError as err:
+                    queue.appendleft(shard)
+                    progress.restart.remote(shard)
+                    if worker not in assigned:
+                        continue  # already replaced when its first shard failed
+                    # Only the shard it was running is to blame; the queued ones were unlucky.
+                    running = assigned.pop(worker)[0]
+                    starting.pop(worker, None)
                     report.worker_deaths += 1
-                    del load[worker]
-                    load[worker_class.remote(settings, progress)] = 0
-                continue
-            load[worker] -= 1
-            progress.finish.remote(shard)
-            on_shard_done(result)
-            finished_images += result.table.num_rows
-            if result.model_load_seconds is not None:
-                report.workers.append(f"{result.worker} {result.device}")
-        partial = ray.get(progress.images_in_unfinished_shards.remote())
-        on_progress(finished_images + partial)
+                    deaths[running] = deaths.get(running, 0) + 1
+                    if deaths[running] >= MAX_WORKER_DEATHS_PER_SHARD:
+                        raise GenerationError(
+                            f"shard {running}: {deaths[running]} workers died rendering it "
+                            f"({err}); check worker memory (lower generator.batch_size) and logs"
+                        ) from None
+                    logger.warning("a worker died on shard %d; retrying on another", running)
+                    start_worker()
+                    continue
+                except RayError as err:
+                    # The result was lost (e.g. with its node) but the worker may be fine.
+                    logger.warning(
+                        "shard %d's result was lost (%s); rendering it again", shard, err
+                    )
+                    queue.appendleft(shard)
+                    if worker in assigned:
+                        assigned[worker].remove(shard)
+                    continue
+                assigned[worker].remove(shard)
+                progress.finish.remote(shard)
+                on_shard_done(result)
+                finished_images += result.table.num_rows
+                if result.model_load_seconds is not None:
+                    report.workers.append(f"{result.worker} {result.device}")
+            partial = ray.get(progress.images_in_unfinished_shards.remote())
+            on_progress(finished_images + partial)
+    finally:
+        for actor in [*every_worker, progress]:
+            ray.kill(actor)
     return report
+
+
+def _check_workers_started(starting: dict, actor_options: dict) -> None:
+    """A worker that cannot be placed (no free GPU, a lost node) would stall the run forever."""
+    import ray
+
+    if not starting:
+        return
+    refs = [ref for ref, _ in starting.values()]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for worker, (ref, asked_at) in list(starting.items()):
+        if ref in done:
+            del starting[worker]
+        elif time.monotonic() - asked_at > WORKER_START_TIMEOUT_S:
+            raise SynthError(
+                f"no worker with {actor_options} could start within {WORKER_START_TIMEOUT_S} s: "
+                "the Ray cluster lacks free resources; free them, or lower compute.num_workers"
+            )
 
 
 class _ShardWorker:
@@ -229,6 +280,9 @@ class _ShardWorker:
     def __init__(self, settings: RenderSettings, progress) -> None:
         self.renderer = ShardRenderer(settings)
         self.progress = progress
+
+    def ready(self) -> bool:
+        return True
 
     def render(self, plan: Plan, shard: int) -> ShardResult:
         done = 0

@@ -13,10 +13,13 @@ import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from synth.errors import PlanError
-from synth.spec import MAX_SEED, Spec
+from synth.spec import FROM_SOURCE, MAX_SEED, Spec
+
+if TYPE_CHECKING:
+    from synth.sources import RealCounts
 
 # Allows for float error in p·N (0.15 * 10 is 1.4999999999999998) before rounding half up.
 _ROUNDING_SLACK = 1e-9
@@ -76,16 +79,7 @@ class Plan:
         position = bisect.bisect_right(class_starts, ordinal) - 1
         cls = self.classes[position]
         index = ordinal - class_starts[position]
-        seed = sample_seed(self.seed, cls.label, index)
-        return PlannedSample(
-            sample_id=sample_id(cls.label, index),
-            label=cls.label,
-            index=index,
-            prompt=choose_prompt(cls.prompts, seed),
-            negative_prompt=cls.negative_prompt,
-            seed=seed,
-            shard=ordinal // self.shard_size,
-        )
+        return _make_sample(self.seed, cls, index, shard=ordinal // self.shard_size)
 
     def _class_starts(self) -> list[int]:
         starts, running = [], 0
@@ -95,11 +89,11 @@ class Plan:
         return starts
 
 
-def plan_for_spec(spec: Spec, real: Mapping[str, int]) -> Plan:
-    """The plan for a validated spec, given real image counts per class."""
+def plan_for_spec(spec: Spec, real: RealCounts) -> Plan:
+    """The plan for a validated spec, given the real images per class."""
     counts = plan_counts(
         labels=spec.labels,
-        real=real,
+        real=real.per_class,
         distribution=spec.target.distribution,
         total=spec.target.resolved_total,
         synthetic=spec.target.synthetic,
@@ -113,11 +107,32 @@ def plan_for_spec(spec: Spec, real: Mapping[str, int]) -> Plan:
                 real=real_count,
                 target=target,
                 synthetic=synthetic,
-                prompts=tuple(class_spec.prompts) if class_spec else (),
+                prompts=class_prompts(spec, label, real) if class_spec else (),
                 negative_prompt=class_spec.negative_prompt if class_spec else "",
             )
         )
     return Plan(seed=spec.seed, classes=tuple(classes), shard_size=spec.output.shard_size)
+
+
+def class_prompts(spec: Spec, label: str, real: RealCounts) -> tuple[str, ...]:
+    """A class's prompt pool: as listed, or its real training captions (`from_source`)."""
+    prompts = spec.classes[label].prompts
+    if prompts != FROM_SOURCE:
+        return tuple(prompts)
+    captions = real.captions.get(label, ())
+    if not captions:
+        raise PlanError(
+            f"classes.{label}.prompts is from_source, but the source has no training captions "
+            f"for '{label}'; list prompts for it, or add a caption column to the manifest"
+        )
+    return captions
+
+
+def first_samples(plan: Plan, label: str, count: int) -> list[PlannedSample]:
+    """The first `count` samples of a class as the run would make them (for previews),
+    whether or not the plan asks for that many."""
+    cls = next(c for c in plan.classes if c.label == label)
+    return [_make_sample(plan.seed, cls, index, shard=0) for index in range(count)]
 
 
 def plan_counts(
@@ -172,6 +187,19 @@ def smallest_total(
     while any(_round_half_up(distribution[lb] * n_total) < real[lb] for lb in labels):
         n_total += 1
     return n_total
+
+
+def _make_sample(master_seed: int, cls: ClassPlan, index: int, shard: int) -> PlannedSample:
+    seed = sample_seed(master_seed, cls.label, index)
+    return PlannedSample(
+        sample_id=sample_id(cls.label, index),
+        label=cls.label,
+        index=index,
+        prompt=choose_prompt(cls.prompts, seed),
+        negative_prompt=cls.negative_prompt,
+        seed=seed,
+        shard=shard,
+    )
 
 
 def sample_id(label: str, index: int) -> str:

@@ -17,8 +17,9 @@ from PIL import Image
 from synth import __version__
 from synth.errors import SpecError
 from synth.generate.render import RenderSettings, ShardRenderer
-from synth.plan import ClassPlan, Plan
+from synth.plan import first_samples, plan_for_spec
 from synth.shards import encode_image, image_text_metadata
+from synth.sources import real_counts
 from synth.spec import Spec
 
 _SHARED_KEYS = ("model", "vae", "lora", "lora_sha256", "lora_scale", "scheduler", "steps",
@@ -33,11 +34,8 @@ def preview_class(spec: Spec, label: str, count: int, grid_path: Path) -> list[P
         raise SpecError(f"--class {label}: not a class of this spec; use one of {known}")
     if count < 1:
         raise SpecError(f"-n {count}: give at least 1 sample to preview")
-    class_spec = spec.classes[label]
-    prompts = tuple(class_spec.prompts)
-    one_class = ClassPlan(label, 0, count, count, prompts, class_spec.negative_prompt)
-    samples = Plan(seed=spec.seed, classes=(one_class,), shard_size=count).samples_in_shard(0)
-    settings = RenderSettings(spec.generator, {label: class_spec}, "preview", "", "png")
+    samples = first_samples(plan_for_spec(spec, real_counts(spec)), label, count)
+    settings = RenderSettings(spec.generator, {label: spec.classes[label]}, "preview", "", "png")
     rows = ShardRenderer(settings).render(samples).to_pylist()
 
     grid_path = Path(grid_path)

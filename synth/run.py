@@ -6,10 +6,12 @@ each planned shard, keeps the complete ones and renders only what is missing or 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import platform
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -28,8 +30,10 @@ from synth.plan import Plan, plan_for_spec, shard_file_name
 from synth.shards import (
     DATA_DIR,
     dataset_card,
+    output_errors,
     remove_temporary_files,
     shard_is_complete,
+    shard_spec_digests,
     write_shard,
     write_text_atomic,
 )
@@ -37,6 +41,9 @@ from synth.sources import real_counts
 from synth.spec import Spec, sha256_of_json, spec_to_yaml
 
 RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
+LOCK_FILE = ".synth.lock"
+# What a synth run folder may hold, so a run that crashed before run.json existed can resume.
+_RUN_ENTRIES = {*RUN_FILES, DATA_DIR, LOCK_FILE}
 _VERSIONED = ("torch", "diffusers", "transformers", "peft", "ray", "pyarrow", "pydantic")
 _PLAN_SCHEMA = pa.schema(
     [
@@ -73,14 +80,34 @@ def run_spec(
     """Generate every planned image that the output folder does not already hold."""
     started = time.perf_counter()
     out = Path(out_dir or spec.output.dir).resolve()
-    plan = plan_for_spec(spec, real_counts(spec).per_class)
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
+    plan = plan_for_spec(spec, real_counts(spec))
     spec_sha256 = generation_sha256(spec, plan)
     check_model_reference(spec.generator.model)
     if spec.generator.vae:
         check_model_reference(spec.generator.vae, "generator.vae")
-    previous = _prepare_output_folder(out, spec_sha256, overwrite)
+    _check_folder_is_usable(out)
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(out):
+        return _run_locked(
+            spec, plan, spec_sha256, out, overwrite, in_process, show_progress, started
+        )
+
+
+def _run_locked(
+    spec: Spec,
+    plan: Plan,
+    spec_sha256: str,
+    out: Path,
+    overwrite: bool,
+    in_process: bool,
+    show_progress: bool,
+    started: float,
+) -> RunSummary:
+    previous = _previous_run(out, spec_sha256, overwrite)
     created_at = previous.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
-    invocation = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    invocation: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     run_record = {
         "spec_sha256": spec_sha256,
         "name": spec.name,
@@ -91,14 +118,18 @@ def run_spec(
         "versions": library_versions(),
         "invocations": [*previous.get("invocations", []), invocation],
     }
+    write_text_atomic(out / "run.json", json.dumps(run_record, indent=2))
     spec_yaml = spec_to_yaml(spec)
     write_text_atomic(out / "run.json", json.dumps(run_record, indent=2))
     write_text_atomic(out / "spec.yaml", spec_yaml)
     if not (out / "plan.parquet").is_file() or not previous:
-        write_plan(plan, out / "plan.parquet")
+        with output_errors(out / "plan.parquet"):
+            write_plan(plan, out / "plan.parquet")
     write_text_atomic(out / "README.md", dataset_card(spec.name, run_record["classes"], spec_yaml))
 
     data_dir = out / DATA_DIR
+    with output_errors(data_dir):
+        data_dir.mkdir(exist_ok=True)
     removed = remove_temporary_files(data_dir)
     missing = missing_shards(plan, data_dir, spec_sha256)
     reused = plan.num_shards - len(missing)
@@ -161,21 +192,35 @@ def run_spec(
 
 
 def generation_sha256(spec: Spec, plan: Plan) -> str:
-    """Digest of everything that decides the images: generation settings, LoRA file contents
-    (not their paths) and the per-class plan. A folder only ever holds one such digest."""
-    fingerprint = spec.generation_fingerprint()
-    for label, cls in spec.classes.items():
-        if cls.lora is not None:
-            lora_file = resolve_lora_file(cls.lora.path)
-            fingerprint["classes"][label]["lora"] = {
-                "sha256": file_sha256(lora_file),
-                "scale": cls.lora.scale,
-            }
-    # Batch size is a throughput knob, not an identity: it is left out so a run can resume
-    # on a GPU of another size. (It can move a rare pixel by one level; see the README.)
-    fingerprint["generator"].pop("batch_size")
-    fingerprint["plan"] = [[c.label, c.synthetic] for c in plan.classes]
-    return sha256_of_json(fingerprint)
+    """The run's identity: a digest of everything that decides the images. That is the seed,
+    the generator settings but batch size, each class's prompts (as planned), negative prompt
+    and LoRA file contents (not paths) and scale, the per-class counts, shard size and image
+    format. An output folder only ever holds one."""
+    generator = spec.generator.model_dump(mode="json")
+    # Batch size is a throughput knob, not an identity, so a run can resume on a GPU of another
+    # size. (It can move a rare pixel by one level on CPU; see the README's "Determinism".)
+    generator.pop("batch_size")
+    classes = {}
+    for cls in plan.classes:
+        class_spec = spec.classes.get(cls.label)
+        lora = class_spec.lora if class_spec else None
+        classes[cls.label] = {
+            "synthetic": cls.synthetic,
+            "prompts": sha256_of_json(cls.prompts),
+            "negative_prompt": cls.negative_prompt,
+            "lora": None
+            if lora is None
+            else {"sha256": file_sha256(resolve_lora_file(lora.path)), "scale": lora.scale},
+        }
+    return sha256_of_json(
+        {
+            "seed": spec.seed,
+            "generator": generator,
+            "classes": classes,
+            "shard_size": spec.output.shard_size,
+            "image_format": spec.output.image_format,
+        }
+    )
 
 
 def missing_shards(plan: Plan, data_dir: Path, spec_sha256: str) -> list[int]:
@@ -219,39 +264,60 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _prepare_output_folder(out: Path, spec_sha256: str, overwrite: bool) -> dict:
-    """Check the folder can take this run. Returns the previous run.json (empty if none)."""
-    run_json = out / "run.json"
-    previous: dict = {}
-    if run_json.is_file():
-        try:
-            previous = json.loads(run_json.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            previous = {"spec_sha256": "unreadable run.json"}
-        if previous.get("spec_sha256") != spec_sha256:
-            if not overwrite:
-                raise OutputError(
-                    f"{out}: holds a run of a different spec (generation settings, LoRA files or "
-                    "plan changed); pass --overwrite to replace it, or --out a new folder"
-                )
-            _clear_run(out)
-            previous = {}
-        elif overwrite:
-            _clear_run(out)
-            previous = {}
-    elif out.exists() and any(out.iterdir()):
-        raise OutputError(
-            f"{out}: exists and is not a synth run folder; choose an empty or new --out folder"
-        )
+def _check_folder_is_usable(out: Path) -> None:
+    """Never write into a file, or into a folder that holds anything but a synth run."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder; choose another --out")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in _RUN_ENTRIES]
+        if foreign:
+            raise OutputError(
+                f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
+                "or new --out folder"
+            )
+
+
+@contextmanager
+def _exclusive_lock(out: Path):
+    """One synth run per folder at a time: two would remove each other's temporary files."""
+    with output_errors(out / LOCK_FILE):
+        handle = (out / LOCK_FILE).open("a")
     try:
-        (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise OutputError(
-            f"{out}: output folder is not writable ({err.strerror}); choose another --out"
-        ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{out}: another synth run is writing to this folder; wait for it, or choose "
+                "another --out"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def _previous_run(out: Path, spec_sha256: str, overwrite: bool) -> dict:
+    """The previous run.json of this spec (empty if none); refuses a different spec's folder.
+    An unreadable run.json is judged by its shards' spec_sha256 instead, so a crash that
+    damaged it never costs the finished shards."""
+    previous: dict = {}
+    try:
+        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        previous_sha = previous.get("spec_sha256")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        previous = {}
+        digests = shard_spec_digests(out / DATA_DIR)
+        previous_sha = digests.pop() if len(digests) == 1 else (None if not digests else "mixed")
+    if previous_sha not in (None, spec_sha256):
+        if not overwrite:
+            raise OutputError(
+                f"{out}: holds a run of a different spec (generation settings, prompts, LoRA "
+                "files or plan changed); pass --overwrite to replace it, or --out a new folder"
+            )
+        _clear_run(out)
+        return {}
+    if overwrite:
+        _clear_run(out)
+        return {}
     return previous
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from synth.errors import OutputError
 
 DATA_DIR = "data"
 _TEMP_PREFIX = ".tmp-"
@@ -133,17 +136,34 @@ def records_to_table(records: Iterable[ImageRecord]) -> pa.Table:
 
 def write_shard(table: pa.Table, path: Path) -> None:
     """Write a shard atomically: temporary file, fsync, rename. Nothing partial is ever visible."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
+        try:
+            # Images are already compressed, so Parquet compression would only cost CPU.
+            pq.write_table(table, temporary, compression="none", row_group_size=64)
+            _fsync(temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def output_errors(path: Path) -> Iterator[None]:
+    """A failed write (disk full, permission denied) becomes one clear line, not a traceback."""
     try:
-        # Images are already compressed, so Parquet compression would only cost CPU.
-        pq.write_table(table, temporary, compression="none", row_group_size=64)
-        with temporary.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as err:
+        raise OutputError(
+            f"{path}: cannot write ({err.strerror or err}); free space or fix permissions, then "
+            "re-run the same command to resume"
+        ) from None
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def shard_is_complete(path: Path, expected_ids: list[str], spec_sha256: str) -> bool:
@@ -167,9 +187,26 @@ def remove_temporary_files(data_dir: Path) -> int:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Small files (spec, run.json, README) get the same all-or-nothing write as shards."""
-    temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with output_errors(path):
+        temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            _fsync(temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+
+def shard_spec_digests(data_dir: Path) -> set[str]:
+    """The spec_sha256 values found in a folder's readable shards."""
+    digests: set[str] = set()
+    for path in sorted(data_dir.glob("train-*.parquet")) if data_dir.is_dir() else []:
+        try:
+            digests.update(pq.read_table(path, columns=["spec_sha256"]).column(0).to_pylist())
+        except (OSError, pa.ArrowException):
+            continue
+    return digests
 
 
 def dataset_card(name: str, class_counts: dict[str, int], spec_yaml: str) -> str:

@@ -29,15 +29,19 @@ DtypeName = Literal["float32", "float16", "bfloat16"]
 MAX_SEED = 2**63 - 1
 
 
+# YAML gives paths as strings; every other field takes only its own type ("30" is no integer).
+SpecPath = Annotated[Path, Field(strict=False)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ManifestSource(StrictModel):
     """Real images listed in a CSV or Parquet file with columns path,label[,split]."""
 
     kind: Literal["manifest"]
-    path: Path
+    path: SpecPath
     labels: list[LabelName] = Field(min_length=1)
 
 
@@ -58,7 +62,51 @@ class CountsSource(StrictModel):
         return self
 
 
-Source = Annotated[Union[ManifestSource, CountsSource], Field(discriminator="kind")]  # noqa: UP007
+class LabelRuleSpec(StrictModel):
+    """A task label's rule over MeSH headings; terms match whole words, never substrings."""
+
+    any_of: list[str] = []
+    none_of: list[str] = []
+    max_headings: Annotated[int, Field(ge=1)] | None = None
+    exactly: list[str] | None = None
+
+
+class SplitSpec(StrictModel):
+    """Patient-level, label-stratified split fractions and their seed."""
+
+    seed: int = 0
+    val: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    test: Annotated[float, Field(ge=0, le=0.5)] = 0.2
+
+
+class IUXraySource(StrictModel):
+    """The Indiana University chest X-ray collection, Kaggle or Open-i layout."""
+
+    kind: Literal["iu_xray"]
+    path: SpecPath
+    labels: list[LabelName] = Field(min_length=1)
+    rules: dict[LabelName, LabelRuleSpec] = {}  # defaults exist for normal and opacity
+    split: SplitSpec = SplitSpec()
+    projections: SpecPath | None = None  # a CSV of image_id,projection that decides first
+    metadata: SpecPath | None = None  # the NLMCXR DICOM metadata table (Open-i layout)
+
+    @model_validator(mode="after")
+    def _every_label_has_a_rule(self) -> IUXraySource:
+        from synth.sources.iu_text import DEFAULT_RULES
+
+        missing = [lb for lb in self.labels if lb not in self.rules and lb not in DEFAULT_RULES]
+        if missing:
+            raise ValueError(
+                f"source.rules has no rule for {missing}; give each one any_of/none_of/"
+                f"max_headings/exactly (defaults exist only for {list(DEFAULT_RULES)})"
+            )
+        return self
+
+
+Source = Annotated[
+    Union[ManifestSource, CountsSource, IUXraySource],  # noqa: UP007
+    Field(discriminator="kind"),
+]
 
 
 class Target(StrictModel):
@@ -107,12 +155,18 @@ class Generator(StrictModel):
 class Lora(StrictModel):
     """A LoRA adapter: a .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
 
-    path: Path
+    path: SpecPath
     scale: Annotated[float, Field(ge=0, le=2)] = 1.0
 
 
+FROM_SOURCE = "from_source"
+
+
 class ClassSpec(StrictModel):
-    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    # A list, or "from_source": the class's real training captions, sampled per seed.
+    prompts: list[Annotated[str, Field(min_length=1)]] | Literal["from_source"] = Field(
+        min_length=1
+    )
     negative_prompt: str = ""
     lora: Lora | None = None
 
@@ -124,7 +178,7 @@ class Compute(StrictModel):
 
 
 class Output(StrictModel):
-    dir: Path | None = None
+    dir: SpecPath | None = None
     shard_size: Annotated[int, Field(ge=1)] = 256
     image_format: Literal["png", "webp", "jpeg"] = "png"
 
@@ -157,6 +211,13 @@ class Spec(StrictModel):
                     f"target.{section}.{label} has no entry under classes; "
                     f"add classes.{label} with its prompts"
                 )
+        if isinstance(self.source, CountsSource):
+            for label, cls in self.classes.items():
+                if cls.prompts == FROM_SOURCE:
+                    raise ValueError(
+                        f"classes.{label}.prompts: from_source needs real captions, and a counts "
+                        "source has none; list the prompts, or use an iu_xray/manifest source"
+                    )
         if self.target.distribution is not None:
             missing = [label for label in labels if label not in self.target.distribution]
             if missing:
@@ -173,18 +234,6 @@ class Spec(StrictModel):
             return list(self.source.counts)
         assert self.source.labels is not None
         return list(self.source.labels)
-
-    def generation_fingerprint(self) -> dict[str, Any]:
-        """The part of the spec that changes which images are made, as plain JSON data."""
-        return {
-            "seed": self.seed,
-            "generator": self.generator.model_dump(mode="json"),
-            "classes": {k: v.model_dump(mode="json") for k, v in self.classes.items()},
-            "output": {
-                "shard_size": self.output.shard_size,
-                "image_format": self.output.image_format,
-            },
-        }
 
 
 def sha256_of_json(data: Any) -> str:
@@ -239,8 +288,16 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
         return (path if path.is_absolute() else base / path).resolve()
 
     source = spec.source
-    if isinstance(source, ManifestSource):
+    if isinstance(source, ManifestSource | IUXraySource):
         source = source.model_copy(update={"path": absolute(source.path)})
+    if isinstance(source, IUXraySource):
+        source = source.model_copy(
+            update={
+                key: absolute(getattr(source, key))
+                for key in ("projections", "metadata")
+                if getattr(source, key) is not None
+            }
+        )
     generator = spec.generator.model_copy(
         update={
             "model": local_or_hub_id(spec.generator.model),
@@ -276,7 +333,7 @@ def spec_json_schema() -> dict[str, Any]:
 
 
 def _describe_validation_error(err: ValidationError, text: str, source_name: str) -> str:
-    problems = []
+    problems: dict[str, list[str]] = {}  # "file:line: key.path" -> messages
     for item in err.errors():
         loc = tuple(item["loc"])
         yaml_path = _yaml_path(loc)
@@ -297,11 +354,13 @@ def _describe_validation_error(err: ValidationError, text: str, source_name: str
             key_path = key_path if yaml_path else "spec"
         else:
             message = f"{item['msg']} (got {item.get('input')!r})"
-        problems.append(f"{where}: {key_path}: {message}")
-    more = (
-        f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-    )
-    return problems[0] + more
+        problems.setdefault(f"{where}: {key_path}", []).append(message)
+    # A value that fits no member of a union ("a list of prompts or from_source") gives one
+    # message per member; they read best joined.
+    lines = [f"{place}: {' or '.join(messages)}" for place, messages in problems.items()]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[0]} (and {len(lines) - 1} more: {'; '.join(lines[1:])})"
 
 
 def _yaml_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -309,6 +368,8 @@ def _yaml_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     path: list[Any] = []
     node: Any = Spec
     for part in loc:
+        if isinstance(part, str) and "[" in part:
+            continue  # pydantic's name for a union member, e.g. "list[constrained-str]"
         child = _child_type(node, part)
         if child is _UNION_TAG:
             node = _union_member(node, part)

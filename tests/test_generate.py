@@ -51,36 +51,42 @@ def test_lora_changes_the_images_and_scale_zero_equals_no_lora(small_model, smal
         small_model, {"opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=small_lora, scale=0))}
     )
     assert np.abs(_pixels(plain).astype(int) - _pixels(with_lora)).mean() > 1.0
-    assert [r["image"]["bytes"] for r in zero] != [r["image"]["bytes"] for r in with_lora]
     assert np.array_equal(_pixels(zero), _pixels(plain))
     assert with_lora[0]["lora_sha256"] and with_lora[0]["lora_scale"] == 1.0
     assert plain[0]["lora"] is None
 
 
 def test_switching_classes_in_one_shard_uses_each_class_adapter(small_model, small_lora):
+    normal_prompt = "Chest x-ray. Normal."
     classes = {
+        "normal": ClassSpec(prompts=[normal_prompt]),
         "opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=small_lora, scale=1)),
-        "normal": ClassSpec(prompts=["Chest x-ray. Normal."]),
     }
     plan = Plan(
         seed=5,
         classes=(
+            ClassPlan("normal", 0, 2, 2, (normal_prompt,), ""),
             ClassPlan("opacity", 0, 2, 2, (PROMPT,), ""),
-            ClassPlan("normal", 0, 2, 2, ("Chest x-ray. Normal.",), ""),
         ),
         shard_size=4,
     )
-    settings = RenderSettings(_generator(small_model), classes, "sha", "t", "png")
-    mixed = ShardRenderer(settings).render(plan.samples_in_shard(0)).to_pylist()
-    normal_only = ShardRenderer(
-        RenderSettings(_generator(small_model), {"normal": classes["normal"]}, "sha", "t", "png")
-    ).render(plan.samples_in_shard(0)[2:])
-    assert [r["label"] for r in mixed] == ["opacity", "opacity", "normal", "normal"]
-    assert [r["lora"] is None for r in mixed] == [False, False, True, True]
-    # The normal rows of the mixed shard match a run that never loaded the LoRA at all.
-    assert [r["image"]["bytes"] for r in mixed[2:]] == [
-        r["image"]["bytes"] for r in normal_only.to_pylist()
-    ]
+    samples = plan.samples_in_shard(0)
+
+    def render(class_specs: dict, subset: list) -> list[dict]:
+        settings = RenderSettings(_generator(small_model), class_specs, "sha", "t", "png")
+        return ShardRenderer(settings).render(subset).to_pylist()
+
+    mixed = render(classes, samples)
+    normal_alone = render({"normal": classes["normal"]}, samples[:2])
+    opacity_with_lora = render({"opacity": classes["opacity"]}, samples[2:])
+    opacity_without_lora = render({"opacity": ClassSpec(prompts=[PROMPT])}, samples[2:])
+    assert [r["label"] for r in mixed] == ["normal", "normal", "opacity", "opacity"]
+    assert [r["lora"] is None for r in mixed] == [True, True, False, False]
+    # Normal rows match a worker that never loaded the LoRA; opacity rows, rendered after the
+    # adapter was disabled for normal and enabled again, match a LoRA-only worker.
+    assert [r["image"]["bytes"] for r in mixed[:2]] == [r["image"]["bytes"] for r in normal_alone]
+    assert _pixels(mixed[2:]).tolist() == _pixels(opacity_with_lora).tolist()
+    assert _pixels(mixed[2:]).tolist() != _pixels(opacity_without_lora).tolist()
 
 
 def test_batch_size_does_not_change_the_images(small_model):

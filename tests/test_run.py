@@ -36,7 +36,7 @@ def test_a_run_writes_the_documented_output_folder(spec_path: Path, tmp_path: Pa
     summary = _run(spec_path, out)
     assert (summary.shards_total, summary.shards_written) == (4, 4)
     assert sorted(_shard_bytes(out)) == [f"train-0000{i}-of-00004.parquet" for i in range(4)]
-    assert {p.name for p in out.iterdir()} == {
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
         "spec.yaml",
         "plan.parquet",
         "data",
@@ -68,10 +68,11 @@ def test_a_run_writes_the_documented_output_folder(spec_path: Path, tmp_path: Pa
     assert run["status"] == "complete"
     invocation = run["invocations"][-1]
     assert invocation["shards_written"] == 4 and len(invocation["shard_seconds"]) == 4
-    assert invocation["model_load_seconds"] and invocation["startup_seconds"] > 0
+    assert len(invocation["model_load_seconds"]) == 1  # one model load for all 4 shards
+    assert invocation["startup_seconds"] > 0
     assert "torch" in run["versions"] and "diffusers" in run["versions"]
     resolved = yaml.safe_load((out / "spec.yaml").read_text())
-    assert resolved["output"]["dir"] == str(spec_path.parent / "runs" / "test_run")
+    assert resolved["output"]["dir"] == str(out)  # the folder actually written, not output.dir
     assert resolved["classes"]["opacity"]["lora"]["path"] == opacity["lora"]
     card = (out / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "dtype: image" in card
@@ -162,3 +163,55 @@ def test_a_folder_that_is_not_a_run_is_never_written_into(spec_path: Path, tmp_p
     with pytest.raises(OutputError, match="is not a synth run folder"):
         _run(spec_path, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["holiday.jpg"]
+
+
+def test_a_first_run_that_crashed_before_run_json_can_resume(spec_path: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)  # what a crash right after creating the folder leaves
+    assert _run(spec_path, out).shards_written == 4
+
+
+def test_an_unreadable_run_json_is_recovered_from_the_shards(spec_path: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    before = _shard_bytes(out)
+    (out / "run.json").write_text("")  # a crash mid-write on a filesystem without fsync
+    summary = _run(spec_path, out)
+    assert (summary.shards_written, summary.shards_reused) == (0, 4)
+    assert _shard_bytes(out) == before
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_one_is_writing(
+    spec_path: Path, tmp_path: Path
+):
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".synth.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="another synth run is writing to this folder"):
+            _run(spec_path, out)
+
+
+def test_an_output_path_that_is_a_file(spec_path: Path, tmp_path: Path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        _run(spec_path, target)
+
+
+def test_a_failed_shard_write_is_one_clear_error_and_a_rerun_completes(
+    spec_path: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    blocker = out / "data" / "train-00002-of-00004.parquet" / "x"
+    blocker.mkdir(parents=True)  # the shard's name is taken: its rename must fail
+    with pytest.raises(OutputError, match="train-00002-of-00004.parquet: cannot write"):
+        _run(spec_path, out)
+    assert not list((out / "data").glob(".tmp-*"))
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    blocker.rmdir()
+    blocker.parent.rmdir()
+    summary = _run(spec_path, out)
+    assert summary.shards_written == 2  # shards 0 and 1 were kept

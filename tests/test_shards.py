@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from synth.errors import OutputError
 from synth.shards import (
     ImageRecord,
     encode_image,
@@ -64,7 +65,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path):
     # The final name is taken by a non-empty folder, so the rename after the write fails.
     path = tmp_path / "train-00000-of-00001.parquet"
     (path / "blocker").mkdir(parents=True)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"cannot write .*re-run the same command to resume"):
         write_shard(records_to_table([_record()]), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     assert path.is_dir()

@@ -59,6 +59,15 @@ def test_wrong_type_says_what_was_given():
         parse_spec(_yaml(_spec(generator__steps="many")))
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("generator__steps", "30"), ("seed", True), ("generator__guidance_scale", "7")],
+)
+def test_values_are_not_coerced_from_other_types(key, value):
+    with pytest.raises(SpecError, match="should be a valid"):
+        parse_spec(_yaml(_spec(**{key: value})))
+
+
 def test_missing_required_key():
     with pytest.raises(SpecError, match=r"generator\.model: required key is missing"):
         parse_spec(_yaml(_spec(generator__model=None)))
