@@ -157,8 +157,12 @@ def _run_locked(
         dynamic_ncols=True,
     )
 
+    first_shard: dict[str, float] = {}  # when the first shard finished and its image count
+
     def on_shard_done(result: ShardResult) -> None:
         write_shard(result.table, data_dir / shard_file_name(result.shard, plan.num_shards))
+        first_shard.setdefault("at", time.perf_counter())
+        first_shard.setdefault("images", result.table.num_rows)
         shard_seconds[str(result.shard)] = round(result.render_seconds, 3)
         if result.model_load_seconds is not None:
             model_loads.append(round(result.model_load_seconds, 3))
@@ -182,8 +186,13 @@ def _run_locked(
         raise
     finally:
         bar.close()
-    generation_seconds = time.perf_counter() - generation_started
+    finished = time.perf_counter()
+    generation_seconds = finished - generation_started
     summary.workers = report.workers
+    if images_to_render > first_shard["images"] and finished > first_shard["at"]:
+        # Past start-up (Ray, model loads, first shard): the rate a long run settles at.
+        steady = (images_to_render - first_shard["images"]) / (finished - first_shard["at"])
+        invocation["steady_images_per_second"] = round(steady, 4)
     invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
