@@ -31,7 +31,29 @@ OPACITY_CONFOUNDERS = (
 OPACITY_MAX_HEADINGS = 3
 
 _WORD = re.compile(r"[a-z0-9]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A sentence ends at . ! or ? plus space, but not after a title such as "Dr.".
+_SENTENCE_END = re.compile(r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<=[.!?])\s+")
+# A sentence that starts with one of these once XXXX is gone had the hidden word as its
+# subject ("XXXX are intact"): what is left says nothing, and guessing the subject would
+# invent anatomy, so the sentence is dropped.
+_VERBS_LEFT_WITHOUT_SUBJECT = frozenset(
+    [
+        "are",
+        "is",
+        "was",
+        "were",
+        "appear",
+        "appears",
+        "remain",
+        "remains",
+        "has",
+        "have",
+        "demonstrate",
+        "demonstrates",
+        "show",
+        "shows",
+    ]
+)
 # Sentences about other studies, phone calls or advice say nothing about this image.
 _DROPPED_SENTENCE = re.compile(
     r"\b(compared|comparison"
@@ -154,7 +176,10 @@ def clean_report_text(text: str | None) -> str:
         # Drop each word that holds the token (e.g. "x-XXXX." or "XXXX-year-old"): guessing
         # the hidden word would invent clinical content.
         words = [w for w in sentence.split(" ") if DEID_TOKEN not in w.upper()]
-        if len(words) < 2:
+        if len(words) < 2 or (
+            len(words) < len(sentence.split(" "))
+            and words[0].lower().strip(",;:") in _VERBS_LEFT_WITHOUT_SUBJECT
+        ):
             continue
         kept = " ".join(words).strip(" ,;:")
         if not kept.endswith((".", "!", "?")):
