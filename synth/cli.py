@@ -54,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run)
 
+    data = commands.add_parser("data", help="real data: prepare a download for synth")
+    data_commands = data.add_subparsers(required=True, metavar="ACTION")
+    prepare = data_commands.add_parser(
+        "prepare", help="preprocess an IU download into a manifest of frontal images"
+    )
+    prepare.add_argument("spec", type=Path, nargs="?", help="take the source from this spec")
+    prepare.add_argument("--source", choices=["iu_xray"], help="the source kind, without a spec")
+    prepare.add_argument("--path", type=Path, help="the downloaded folder, without a spec")
+    prepare.add_argument("--out", type=Path, required=True, help="folder for images+manifest")
+    prepare.add_argument("--size", type=int, default=1024, help="output side in pixels")
+    prepare.add_argument(
+        "--tokenizer", help="model folder or hub id whose CLIP tokenizer counts caption tokens"
+    )
+    prepare.set_defaults(command=_data_prepare)
+
     preview = commands.add_parser("preview", help="render K samples of a class as a PNG grid")
     preview.add_argument("spec", type=Path)
     preview.add_argument("--class", dest="label", required=True, help="the class to preview")
@@ -124,6 +139,29 @@ def _run(args: argparse.Namespace) -> None:
         f"{summary.shards_reused}; {summary.images_per_second:.2f} images/s, "
         f"{summary.seconds:.1f} s in all"
     )
+
+
+def _data_prepare(args: argparse.Namespace) -> None:
+    from synth.errors import SpecError
+    from synth.sources.prepare import prepare_iu
+    from synth.spec import IUXraySource, load_spec
+
+    if args.spec is not None:
+        source = load_spec(args.spec).source
+        if not isinstance(source, IUXraySource):
+            raise SpecError(f"{args.spec}: source.kind is {source.kind}; prepare needs iu_xray")
+    elif args.source == "iu_xray" and args.path is not None:
+        source = IUXraySource(
+            kind="iu_xray", path=args.path.resolve(), labels=["opacity", "normal"]
+        )
+    else:
+        raise SpecError("give a SPEC, or --source iu_xray --path DIR")
+    if args.size < 8:
+        raise SpecError(f"--size {args.size}: give at least 8 pixels")
+    summary = prepare_iu(source, args.out.resolve(), args.size, args.tokenizer)
+    print(summary.table)
+    funnel_json = summary.manifest.parent / "funnel.json"
+    print(f"{summary.manifest}: {summary.rows} rows; funnel in {funnel_json}")
 
 
 def _preview(args: argparse.Namespace) -> None:

@@ -1,4 +1,6 @@
-"""The manifest source: a CSV or Parquet table with columns path,label[,split]."""
+"""The manifest source: a CSV or Parquet table with columns path,label[,split][,caption].
+
+`synth data prepare` writes such a manifest (with more columns) for the IU collection."""
 
 from __future__ import annotations
 
@@ -39,12 +41,14 @@ def read_manifest(manifest_path: Path) -> list[RealImage]:
                 f"{manifest_path}: unknown split value(s) {unknown}; use one of {KNOWN_SPLITS}"
             )
     base = manifest_path.parent
+    has_caption = "caption" in table.columns
     return [
         RealImage(
             image_id=str(row.path),
             path=base / str(row.path),
             label=str(row.label),
             split=str(row.split) if has_split and isinstance(row.split, str) else None,
+            caption=str(row.caption) if has_caption and isinstance(row.caption, str) else None,
         )
         for row in table.itertuples(index=False)
     ]
