@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     prepare.set_defaults(command=_data_prepare)
 
+    train = commands.add_parser("train-lora", help="train an SDXL LoRA on a prepared manifest")
+    train.add_argument("config", type=Path, help="the training config YAML")
+    train.set_defaults(command=_train_lora)
+
     preview = commands.add_parser("preview", help="render K samples of a class as a PNG grid")
     preview.add_argument("spec", type=Path)
     preview.add_argument("--class", dest="label", required=True, help="the class to preview")
@@ -162,6 +166,18 @@ def _data_prepare(args: argparse.Namespace) -> None:
     print(summary.table)
     funnel_json = summary.manifest.parent / "funnel.json"
     print(f"{summary.manifest}: {summary.rows} rows; funnel in {funnel_json}")
+
+
+def _train_lora(args: argparse.Namespace) -> None:
+    from synth.spec import load_training_config
+    from synth.train_lora import train_lora
+
+    summary = train_lora(load_training_config(args.config))
+    resumed = f", resumed from step {summary.resumed_from}" if summary.resumed_from else ""
+    print(
+        f"{summary.lora_file}: {summary.steps} steps{resumed}, final loss "
+        f"{summary.losses[-1]:.4f}, {summary.steps_per_second:.2f} steps/s"
+    )
 
 
 def _preview(args: argparse.Namespace) -> None:

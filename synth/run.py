@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import fcntl
 import json
-import platform
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from synth import __version__
 from synth.distribute import ShardResult, run_in_process, run_on_ray
 from synth.errors import OutputError, SynthError
 from synth.generate.pipeline import check_model_reference, file_sha256, resolve_lora_file
@@ -39,12 +36,12 @@ from synth.shards import (
 )
 from synth.sources import real_counts
 from synth.spec import Spec, sha256_of_json, spec_to_yaml
+from synth.versions import library_versions
 
 RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
 LOCK_FILE = ".synth.lock"
 # What a synth run folder may hold, so a run that crashed before run.json existed can resume.
 _RUN_ENTRIES = {*RUN_FILES, DATA_DIR, LOCK_FILE}
-_VERSIONED = ("torch", "diffusers", "transformers", "peft", "ray", "pyarrow", "pydantic")
 _PLAN_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -261,16 +258,6 @@ def write_plan(plan: Plan, path: Path) -> None:
             ]
             writer.write_table(pa.Table.from_pylist(rows, schema=_PLAN_SCHEMA))
     temporary.replace(path)
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"synth": __version__, "python": platform.python_version()}
-    for package in _VERSIONED:
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def _check_folder_is_usable(out: Path) -> None:

@@ -14,7 +14,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +27,7 @@ LabelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 SchedulerName = Literal["euler", "euler_ancestral", "dpmpp_2m", "ddim", "unipc"]
 DtypeName = Literal["float32", "float16", "bfloat16"]
 MAX_SEED = 2**63 - 1
+M = TypeVar("M", bound=BaseModel)
 
 
 # YAML gives paths as strings; every other field takes only its own type ("30" is no integer).
@@ -236,6 +237,90 @@ class Spec(StrictModel):
         return list(self.source.labels)
 
 
+class ValidationRender(StrictModel):
+    """Validation images rendered during LoRA training, as a grid per interval."""
+
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    every: Annotated[int, Field(ge=1)] = 500
+    steps: Annotated[int, Field(ge=1, le=1000)] = 30
+    guidance_scale: Annotated[float, Field(ge=0, le=50)] = 7.0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 42
+
+
+class LoraTraining(StrictModel):
+    """`synth train-lora CONFIG`: an SDXL LoRA on a prepared manifest's train split.
+    Defaults are the SynTheX-Ray thesis's values."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    manifest: SpecPath
+    model: str
+    vae: str | None = None
+    mode: Literal["all", "single"] = "single"
+    # single: the class trained against normal controls 1:1, its phrase as leading trigger.
+    target_class: LabelName | None = Field(default=None, alias="class")
+    control: LabelName = "normal"
+    output_dir: SpecPath
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 42
+    resolution: Annotated[int, Field(ge=8, le=4096, multiple_of=8)] = 1024
+    rank: Annotated[int, Field(ge=1, le=256)] = 4
+    alpha: Annotated[float, Field(gt=0)] | None = None  # default: the rank
+    target_modules: list[str] = Field(default=["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    train_batch_size: Annotated[int, Field(ge=1)] = 1
+    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 4
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    gradient_checkpointing: bool = True
+    snr_gamma: Annotated[float, Field(gt=0)] | None = None
+    random_flip: bool = False  # off: left and right anatomy differ
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    checkpoint_every: Annotated[int, Field(ge=1)] = 500
+    validation: ValidationRender | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LoraTraining:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of max_steps or epochs")
+        if self.mode == "single" and self.target_class is None:
+            raise ValueError("mode single needs class: the label trained against the controls")
+        if self.mode == "single" and self.target_class == self.control:
+            raise ValueError("class and control must differ")
+        return self
+
+
+def load_training_config(path: str | Path) -> LoraTraining:
+    """Read and validate a LoRA training config; relative paths resolve against its folder."""
+    config_path = Path(path)
+    config = validate_yaml(_read_text(config_path), LoraTraining, str(config_path))
+    base = config_path.resolve().parent
+    return config.model_copy(
+        update={
+            "manifest": _absolute(config.manifest, base),
+            "output_dir": _absolute(config.output_dir, base),
+            "model": _local_or_hub_id(config.model, base),
+            "vae": _local_or_hub_id(config.vae, base),
+        }
+    )
+
+
+def _local_or_hub_id(ref: str | None, base: Path) -> str | None:
+    """A model reference: an existing folder (relative to `base`) made absolute, else a hub id."""
+    if ref is None:
+        return None
+    candidate = Path(ref).expanduser()
+    candidate = candidate if candidate.is_absolute() else base / candidate
+    return str(candidate.resolve()) if candidate.exists() else ref
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
 def sha256_of_json(data: Any) -> str:
     """A stable digest of JSON-serialisable data (sorted keys, no whitespace)."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
@@ -245,18 +330,17 @@ def sha256_of_json(data: Any) -> str:
 def load_spec(path: str | Path) -> Spec:
     """Read, validate and path-resolve a spec file. Raises SpecError with file, line and key."""
     spec_path = Path(path)
-    try:
-        text = spec_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{spec_path}: spec file not found; check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"{spec_path}: cannot read spec file ({err})") from None
-    spec = parse_spec(text, source_name=str(spec_path))
+    spec = parse_spec(_read_text(spec_path), source_name=str(spec_path))
     return resolve_paths(spec, spec_path.resolve().parent)
 
 
 def parse_spec(text: str, source_name: str = "<spec>") -> Spec:
     """Validate spec YAML text. Paths are left as written."""
+    return validate_yaml(text, Spec, source_name)
+
+
+def validate_yaml(text: str, model: type[M], source_name: str) -> M:
+    """safe_load YAML text and validate it as `model`, with messages naming file, line, key."""
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
@@ -266,26 +350,30 @@ def parse_spec(text: str, source_name: str = "<spec>") -> Spec:
     except yaml.YAMLError as err:
         raise SpecError(f"{source_name}: malformed YAML: {err}") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{source_name}: a spec must be a YAML mapping with keys like name, seed")
+        raise SpecError(f"{source_name}: expected a YAML mapping of keys to values")
     try:
-        return Spec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise SpecError(_describe_validation_error(err, text, source_name)) from None
+        raise SpecError(_describe_validation_error(err, text, source_name, model)) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: cannot read ({err})") from None
 
 
 def resolve_paths(spec: Spec, base: Path) -> Spec:
     """Make the spec's local paths absolute against `base`; hub ids are left as they are."""
 
-    def local_or_hub_id(ref: str | None) -> str | None:
-        if ref is None:
-            return None
-        candidate = Path(ref).expanduser()
-        candidate = candidate if candidate.is_absolute() else base / candidate
-        return str(candidate.resolve()) if candidate.exists() else ref
-
     def absolute(path: Path) -> Path:
-        path = path.expanduser()
-        return (path if path.is_absolute() else base / path).resolve()
+        return _absolute(path, base)
+
+    def local_or_hub_id(ref: str | None) -> str | None:
+        return _local_or_hub_id(ref, base)
 
     source = spec.source
     if isinstance(source, ManifestSource | IUXraySource):
@@ -332,21 +420,24 @@ def spec_json_schema() -> dict[str, Any]:
 # --- error messages -------------------------------------------------------------------------
 
 
-def _describe_validation_error(err: ValidationError, text: str, source_name: str) -> str:
+def _describe_validation_error(
+    err: ValidationError, text: str, source_name: str, model: type[BaseModel]
+) -> str:
     problems: dict[str, list[str]] = {}  # "file:line: key.path" -> messages
     for item in err.errors():
         loc = tuple(item["loc"])
-        yaml_path = _yaml_path(loc)
+        yaml_path = _yaml_path(loc, model)
         key_path = ".".join(str(part) for part in yaml_path) or "(top level)"
         line = _line_of(text, yaml_path)
         where = f"{source_name}:{line}" if line else source_name
         if item["type"] == "extra_forbidden":
             message = f"unknown key '{loc[-1]}'"
-            suggestion = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1)
+            known = _known_keys(loc[:-1], model)
+            suggestion = difflib.get_close_matches(str(loc[-1]), known, n=1)
             if suggestion:
                 message += f" (did you mean '{suggestion[0]}'?)"
             else:
-                message += f"; allowed here: {', '.join(_known_keys(loc[:-1]))}"
+                message += f"; allowed here: {', '.join(known)}"
         elif item["type"] == "missing":
             message = "required key is missing"
         elif item["type"] == "value_error":
@@ -363,10 +454,10 @@ def _describe_validation_error(err: ValidationError, text: str, source_name: str
     return f"{lines[0]} (and {len(lines) - 1} more: {'; '.join(lines[1:])})"
 
 
-def _yaml_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+def _yaml_path(loc: tuple[Any, ...], model: type[BaseModel]) -> tuple[Any, ...]:
     """Drop pydantic's union tags (e.g. 'manifest' in source.manifest.path) from a location."""
     path: list[Any] = []
-    node: Any = Spec
+    node: Any = model
     for part in loc:
         if isinstance(part, str) and "[" in part:
             continue  # pydantic's name for a union member, e.g. "list[constrained-str]"
@@ -402,8 +493,9 @@ def _child_type(node: Any, part: Any) -> Any:
         return _UNION_TAG
     for member in members:
         if isinstance(member, type) and issubclass(member, BaseModel):
-            if part in member.model_fields:
-                return member.model_fields[part].annotation
+            for name, info in member.model_fields.items():
+                if part in (name, info.alias):
+                    return info.annotation
         elif typing.get_origin(member) is dict:
             return typing.get_args(member)[1]
         elif typing.get_origin(member) is list:
@@ -420,16 +512,16 @@ def _union_member(node: Any, tag: Any) -> Any:
     return next(m for m in _strip(node) if isinstance(m, type) and _kind_of(m) == tag)
 
 
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    node: Any = Spec
+def _known_keys(loc: tuple[Any, ...], model: type[BaseModel]) -> list[str]:
+    node: Any = model
     for part in loc:
         child = _child_type(node, part)
         node = _union_member(node, part) if child is _UNION_TAG else child
     return [
-        name
+        info.alias or name
         for member in _strip(node)
         if isinstance(member, type) and issubclass(member, BaseModel)
-        for name in member.model_fields
+        for name, info in member.model_fields.items()
     ]
 
 

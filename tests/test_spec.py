@@ -156,5 +156,5 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path):
 
 
 def test_missing_spec_file():
-    with pytest.raises(SpecError, match="spec file not found"):
+    with pytest.raises(SpecError, match="file not found"):
         load_spec("/no/such/spec.yaml")

@@ -72,8 +72,8 @@ def resolve_lora_file(path: Path) -> Path:
     candidate = path / LORA_WEIGHT_NAME if path.is_dir() else path
     if not candidate.is_file():
         raise ModelError(
-            f"LoRA {path}: not found; point lora.path at a .safetensors file or a folder "
-            f"holding {LORA_WEIGHT_NAME}"
+            f"LoRA {path}: not found; train it with `synth train-lora CONFIG` (see the README), "
+            f"or point lora.path at a .safetensors file or a folder holding {LORA_WEIGHT_NAME}"
         )
     try:
         with safe_open(str(candidate), framework="pt") as handle:
@@ -125,7 +125,7 @@ class SampleGenerator:
             )
             self.dtype = torch.float32
         self.image_check = image_check
-        _quiet_libraries()
+        quiet_libraries()
         self.pipeline = _load_pipeline(generator, self.dtype).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.adapters = {
@@ -236,7 +236,7 @@ class SampleGenerator:
         return Adapter(path=lora_file, sha256=file_sha256(lora_file), scale=scale)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Loading bars and LoRA-prefix notices from diffusers/transformers drown our own progress;
     real failures still raise."""
     import diffusers
@@ -265,8 +265,8 @@ def check_model_reference(ref: str, key: str = "generator.model") -> None:
 def _load_pipeline(generator: Generator, dtype: torch.dtype) -> StableDiffusionXLPipeline:
     extra = {}
     if generator.vae:
-        extra["vae"] = _from_pretrained(AutoencoderKL, generator.vae, dtype, "generator.vae")
-    pipeline = _from_pretrained(
+        extra["vae"] = load_pretrained(AutoencoderKL, generator.vae, dtype, "generator.vae")
+    pipeline = load_pretrained(
         StableDiffusionXLPipeline, generator.model, dtype, "generator.model", **extra
     )
     scheduler_class = SCHEDULERS[generator.scheduler]
@@ -274,7 +274,7 @@ def _load_pipeline(generator: Generator, dtype: torch.dtype) -> StableDiffusionX
     return pipeline
 
 
-def _from_pretrained(cls, ref: str, dtype: torch.dtype, key: str, **kwargs):
+def load_pretrained(cls, ref: str, dtype: torch.dtype, key: str, **kwargs):
     """`cls.from_pretrained` with errors that say which spec key to fix."""
     check_model_reference(ref, key)
     try:
