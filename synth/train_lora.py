@@ -28,14 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synth.errors import SourceError
-from synth.generate.pipeline import load_pretrained, quiet_libraries
+from synth.generate.pipeline import LORA_WEIGHT_NAME, load_pretrained, quiet_libraries
 from synth.shards import output_errors, write_text_atomic
+from synth.sources import TRAIN_SPLIT
 from synth.sources.iu_text import LABEL_PHRASES
 from synth.spec import LoraTraining
 from synth.versions import library_versions
 
-TRAIN_SPLIT = "train"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _CHECKPOINT_PREFIX = "checkpoint-"
 
 

@@ -137,3 +137,16 @@ def test_prepare_without_images_says_where_to_put_them(tmp_path: Path):
     source = IUXraySource(kind="iu_xray", path=folder, labels=["opacity", "normal"])
     with pytest.raises(SourceError, match="no image folder; put the PNGs in"):
         prepare_iu(source, tmp_path / "out", 16)
+
+
+def test_caption_tokens_are_counted_with_a_models_tokenizer_when_given(small_model: Path):
+    from synth.sources.prepare import caption_token_counter
+
+    lower_bound, _ = caption_token_counter(None)
+    exact, how = caption_token_counter(str(small_model))
+    caption = "Chest x-ray. Lung opacity. Opacity lung base right."
+    # The small model's tokenizer has a token per character (spaces end words instead).
+    assert exact(caption) == len(caption.replace(" ", "")) + 2 > lower_bound(caption) == 13
+    assert how == f"tokenizer of {small_model}"
+    with pytest.raises(SourceError, match="cannot load its tokenizer"):
+        caption_token_counter("/no/such/model")
