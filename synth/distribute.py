@@ -197,12 +197,19 @@ def _schedule(
         for _ in range(count):
             start_worker()
         while queue or in_flight:
+            _note_started_workers(starting, assigned, actor_options)
             for worker, pending in assigned.items():
-                while queue and len(pending) < SHARDS_IN_FLIGHT_PER_WORKER:
+                # Only started workers get shards: one that is never placed (its node is gone,
+                # no GPU is free) must not hold shards the live workers could render.
+                while (
+                    worker not in starting and queue and len(pending) < SHARDS_IN_FLIGHT_PER_WORKER
+                ):
                     shard = queue.popleft()
                     in_flight[worker.render.remote(plan_ref, shard)] = (worker, shard)
                     pending.append(shard)
-            _check_workers_started(starting, actor_options)
+            if not in_flight:
+                time.sleep(_POLL_SECONDS)  # every live worker is still starting
+                continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_SECONDS)
             for ref in ready:
                 worker, shard = in_flight.pop(ref)
@@ -256,22 +263,25 @@ def _schedule(
     return report
 
 
-def _check_workers_started(starting: dict, actor_options: dict) -> None:
-    """A worker that cannot be placed (no free GPU, a lost node) would stall the run forever."""
+def _note_started_workers(starting: dict, assigned: dict, actor_options: dict) -> None:
+    """Move workers whose actor process is up out of `starting`. A run stalls only if no worker
+    at all can start; then it stops with an error instead of waiting forever."""
     import ray
 
     if not starting:
         return
     refs = [ref for ref, _ in starting.values()]
     done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-    for worker, (ref, asked_at) in list(starting.items()):
+    for worker, (ref, _) in list(starting.items()):
         if ref in done:
             del starting[worker]
-        elif time.monotonic() - asked_at > WORKER_START_TIMEOUT_S:
-            raise SynthError(
-                f"no worker with {actor_options} could start within {WORKER_START_TIMEOUT_S} s: "
-                "the Ray cluster lacks free resources; free them, or lower compute.num_workers"
-            )
+    live = [worker for worker in assigned if worker not in starting]
+    oldest = min((asked_at for _, asked_at in starting.values()), default=None)
+    if not live and oldest is not None and time.monotonic() - oldest > WORKER_START_TIMEOUT_S:
+        raise SynthError(
+            f"no worker with {actor_options} could start within {WORKER_START_TIMEOUT_S} s: "
+            "the Ray cluster lacks free resources; free them, or lower compute.num_workers"
+        )
 
 
 class _ShardWorker:
