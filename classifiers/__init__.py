@@ -1,4 +1,5 @@
-"""Downstream classifiers (torchvision CNNs) trained on real and real+synthetic mixes.
+"""Downstream classifiers: torchvision CNNs on one-channel chest images, and their training loop.
 
-Filled by the evaluation stage; `eval/` reads shards and manifests and trains these.
+`eval/` trains these on real and real+synthetic mixes; nothing here knows about arms or the
+generator.
 """

@@ -1,4 +1,3 @@
-"""Evaluation: arms, metrics (classifier AUC, FID) and the report.
-
-Reads Parquet shards and real manifests only; never imports the generator.
+"""Evaluation: does adding synthetic images raise AUC on held-out real data, against honest
+controls? Reads the real manifest and the run's Parquet shards; never imports the generator.
 """

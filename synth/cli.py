@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=_run)
 
+    evaluate = commands.add_parser(
+        "eval", help="train classifiers on real vs real+synthetic and write the report"
+    )
+    evaluate.add_argument("target", type=Path, help="a spec, or a run folder holding spec.yaml")
+    evaluate.set_defaults(command=_eval)
+
     data = commands.add_parser("data", help="real data: prepare a download for synth")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")
     prepare = data_commands.add_parser(
@@ -137,12 +143,31 @@ def _run(args: argparse.Namespace) -> None:
     summary = run_spec(spec, args.out, overwrite=args.overwrite, in_process=args.in_process)
     if summary.shards_written == 0:
         print(f"{summary.out_dir}: nothing to do; all {summary.shards_total} shard(s) complete")
-        return
-    print(
-        f"{summary.out_dir}: wrote {summary.shards_written} shard(s), reused "
-        f"{summary.shards_reused}; {summary.images_per_second:.2f} images/s, "
-        f"{summary.seconds:.1f} s in all"
-    )
+    else:
+        print(
+            f"{summary.out_dir}: wrote {summary.shards_written} shard(s), reused "
+            f"{summary.shards_reused}; {summary.images_per_second:.2f} images/s, "
+            f"{summary.seconds:.1f} s in all"
+        )
+    if spec.eval.enabled:
+        _report_eval(spec, summary.out_dir)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from synth.spec import load_spec
+
+    run_dir = args.target if args.target.is_dir() else None
+    spec = load_spec(run_dir / "spec.yaml" if run_dir else args.target)
+    _report_eval(spec, (run_dir or spec.output.dir).resolve())
+
+
+def _report_eval(spec, run_dir: Path) -> None:
+    from eval.evaluate import evaluate
+
+    result = evaluate(spec, run_dir)
+    for verdict in result.verdicts:
+        print(verdict)
+    print(f"report: {run_dir / 'eval' / 'report.html'} ({result.seconds:.1f} s)")
 
 
 def _data_prepare(args: argparse.Namespace) -> None:

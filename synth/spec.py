@@ -184,6 +184,27 @@ class Output(StrictModel):
     image_format: Literal["png", "webp", "jpeg"] = "png"
 
 
+class EvalSpec(StrictModel):
+    """The evaluation: a CNN trained on real vs real+synthetic mixes, scored on real test data."""
+
+    enabled: bool = False
+    classifier: Literal["resnet18", "resnet50", "densenet121", "efficientnet_b0"] = "resnet18"
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 224
+    epochs: Annotated[int, Field(ge=1)] = 20
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    patience: Annotated[int, Field(ge=1)] = 5
+    class_weighted: bool = True
+    repeats: Annotated[int, Field(ge=1, le=100)] = 3
+    synthetic_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default=[0.25, 0.5, 1.0], min_length=1
+    )
+    fid: list[Literal["inception", "classifier"]] = ["inception", "classifier"]
+    inception_weights: SpecPath | None = None  # local FID Inception weights (no hub here)
+    bootstrap: Annotated[int, Field(ge=50, le=100_000)] = 1000
+    memorization_threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
+
+
 class Spec(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
@@ -193,6 +214,7 @@ class Spec(StrictModel):
     classes: dict[LabelName, ClassSpec] = Field(min_length=1)
     compute: Compute = Compute()
     output: Output = Output()
+    eval: EvalSpec = EvalSpec()
 
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> Spec:
@@ -402,8 +424,18 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
     }
     out_dir = absolute(spec.output.dir) if spec.output.dir else absolute(Path("runs") / spec.name)
     output = spec.output.model_copy(update={"dir": out_dir})
+    weights = spec.eval.inception_weights
+    evaluation = spec.eval.model_copy(
+        update={"inception_weights": absolute(weights) if weights else None}
+    )
     return spec.model_copy(
-        update={"source": source, "generator": generator, "classes": classes, "output": output}
+        update={
+            "source": source,
+            "generator": generator,
+            "classes": classes,
+            "output": output,
+            "eval": evaluation,
+        }
     )
 
 

@@ -1,0 +1,127 @@
+"""The arms of the evaluation: which images each classifier trains on. Pure.
+
+| arm | trains on |
+|---|---|
+| real | the real train split |
+| real+synth@f | real train + the first fraction f of each class's synthetic images |
+| real+dup | count-matched control: real train, each class topped up to real+synth@1.0's
+  counts by duplicating real train images (a paper on TB X-rays found this beat every
+  synthetic arm) |
+| synth | synthetic only, when every class has some |
+| synth->real | pre-trained on synthetic, fine-tuned on real (RoentGen-v2: +6.5% vs +2.7%) |
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from classifiers.data import LabelledImage
+from synth.errors import SynthError
+
+REAL, CONTROL, SYNTH_ONLY, PRETRAIN = "real", "real+dup", "synth", "synth->real"
+
+
+class LeakageError(SynthError):
+    """The test split reached a training set: every number would be a lie."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    train: tuple[LabelledImage, ...]
+    pretrain: tuple[LabelledImage, ...] = ()  # synth->real only
+    synthetic_fraction: float | None = None
+    is_control: bool = False
+
+
+def synth_arm_name(fraction: float) -> str:
+    return f"real+synth@{fraction:g}"
+
+
+def build_arms(
+    real_train: Sequence[LabelledImage],
+    synthetic: Sequence[LabelledImage],
+    num_classes: int,
+    fractions: Sequence[float],
+    seed: int,
+) -> list[Arm]:
+    """Every arm the data allows, real first. Synthetic images are taken in sample-id order, so
+    real+synth@0.25 is a subset of real+synth@0.5."""
+    by_class = {
+        c: sorted((s for s in synthetic if s.label == c), key=lambda s: s.key)
+        for c in range(num_classes)
+    }
+    arms = [Arm(REAL, tuple(real_train))]
+    if not synthetic:
+        return arms
+    for fraction in sorted(fractions):
+        chosen = [
+            s for c in range(num_classes) for s in by_class[c][: round(len(by_class[c]) * fraction)]
+        ]
+        arms.append(
+            Arm(
+                synth_arm_name(fraction),
+                tuple(real_train) + tuple(chosen),
+                synthetic_fraction=fraction,
+            )
+        )
+    arms.append(
+        Arm(
+            CONTROL,
+            tuple(real_train) + tuple(_duplicates(real_train, by_class, seed)),
+            is_control=True,
+        )
+    )
+    if all(by_class[c] for c in range(num_classes)):
+        arms.append(Arm(SYNTH_ONLY, tuple(synthetic)))
+        arms.append(Arm(PRETRAIN, tuple(real_train), pretrain=tuple(synthetic)))
+    return arms
+
+
+def _duplicates(
+    real_train: Sequence[LabelledImage], synthetic_by_class: dict, seed: int
+) -> list[LabelledImage]:
+    """For each class, as many copies of its real train images as it has synthetic ones, cycling
+    through a seeded order so every real image is copied as evenly as possible."""
+    copies = []
+    for label, synthetic_images in synthetic_by_class.items():
+        pool = sorted(
+            (r for r in real_train if r.label == label),
+            key=lambda r: hashlib.sha256(f"{seed}:{r.key}".encode()).hexdigest(),
+        )
+        if not pool:
+            continue
+        for n in range(len(synthetic_images)):
+            original = pool[n % len(pool)]
+            copies.append(replace(original, key=f"{original.key}#dup{n}"))
+    return copies
+
+
+def assert_no_leakage(
+    test: Iterable[LabelledImage], arms: Sequence[Arm], adapter_training_images: Iterable[str] = ()
+) -> None:
+    """Refuse to evaluate if a test image trained a classifier or a LoRA."""
+    test_keys = {item.key for item in test}
+    for arm in arms:
+        for item in (*arm.train, *arm.pretrain):
+            if item.key.split("#dup")[0] in test_keys:
+                raise LeakageError(
+                    f"test image {item.key} is in the training set of arm {arm.name}; the test "
+                    "split must never be trained on: fix the manifest's split column"
+                )
+    test_names = {_tail(key) for key in test_keys}
+    for image in adapter_training_images:
+        if _tail(image) in test_names:
+            raise LeakageError(
+                f"test image {image} trained a LoRA (its training.json lists it); retrain the "
+                "adapter on the train split only"
+            )
+
+
+def _tail(path: str) -> str:
+    """Compare real images by their last two path parts (folder/name), whatever the root."""
+    return "/".join(path.replace("\\", "/").split("/")[-2:])

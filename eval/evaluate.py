@@ -1,0 +1,343 @@
+"""`synth eval SPEC|RUN_DIR`: train the arms, score them on the real test split, write the report.
+
+Reads the real manifest (through the spec's source) and the run's shards; never the generator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from classifiers.data import LabelledImage, load_gray
+from classifiers.train import (
+    TrainedClassifier,
+    TrainSettings,
+    extract_features,
+    predict_scores,
+    train_classifier,
+)
+from eval.arms import PRETRAIN, REAL, Arm, assert_no_leakage, build_arms
+from eval.fid import ClassifierFeatures, distance, inception_weights
+from eval.metrics import (
+    bootstrap_indices,
+    label_fidelity,
+    memorisation,
+    paired_delta,
+    sensitivity_specificity,
+    summarise_auc,
+    youden_threshold,
+)
+from eval.report import EvalResult, write_outputs
+from synth.errors import SourceError, SynthError
+from synth.sources import read_real_images
+from synth.spec import Spec
+from synth.versions import library_versions
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    classes: list[str]
+    train: list[LabelledImage]
+    val: list[LabelledImage]
+    test: list[LabelledImage]
+    synthetic: list[LabelledImage]
+    synthetic_rows: list[dict]  # provenance of each synthetic image, for the report
+    unreadable: int  # real images skipped because they could not be read
+    adapter_images: list[str]  # images the class LoRAs were trained on (from training.json)
+
+
+def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResult:
+    started = time.perf_counter()
+    settings = spec.eval
+    data = load_eval_data(spec, run_dir)
+    num_classes = len(data.classes)
+    arms = build_arms(
+        data.train, data.synthetic, num_classes, settings.synthetic_fractions, spec.seed
+    )
+    assert_no_leakage(data.test, arms, data.adapter_images)
+
+    test_labels = np.array([item.label for item in data.test])
+    val_labels = np.array([item.label for item in data.val])
+    runs: dict[str, list[np.ndarray]] = {arm.name: [] for arm in arms}
+    val_runs: dict[str, list[np.ndarray]] = {arm.name: [] for arm in arms}
+    real_only: TrainedClassifier | None = None
+    starts: dict[str, str] = {}
+    bar = tqdm(
+        total=len(arms) * settings.repeats, unit="model", desc="eval", disable=not show_progress
+    )
+    for repeat in range(settings.repeats):
+        # The same seed for every arm within a repeat: arm-vs-real differences are paired.
+        train_settings = _train_settings(spec, seed=spec.seed + repeat)
+        for arm in arms:
+            model = _train_arm(arm, data.val, num_classes, train_settings)
+            starts[arm.name] = model.weights
+            runs[arm.name].append(predict_scores(model.model, data.test, train_settings))
+            val_runs[arm.name].append(predict_scores(model.model, data.val, train_settings))
+            if arm.name == REAL and repeat == 0:
+                real_only = model
+            bar.update(1)
+    bar.close()
+    assert real_only is not None
+
+    resamples = bootstrap_indices(len(test_labels), settings.bootstrap, spec.seed)
+    arm_metrics = []
+    for arm in arms:
+        summary = summarise_auc(test_labels, runs[arm.name], resamples)
+        per_class = {}
+        for c, label in enumerate(data.classes):
+            thresholds = [youden_threshold(val_labels == c, v[:, c]) for v in val_runs[arm.name]]
+            rates = [
+                sensitivity_specificity(test_labels == c, r[:, c], t)
+                for r, t in zip(runs[arm.name], thresholds, strict=True)
+            ]
+            delta = (
+                paired_delta(test_labels, runs[arm.name], runs[REAL], resamples, which=c)
+                if arm.name != REAL
+                else (0.0, (0.0, 0.0))
+            )
+            per_class[label] = {
+                "auc_mean": _num(summary.per_class_mean[c]),
+                "auc_std": _num(summary.per_class_std[c]),
+                "ci95": [_num(v) for v in summary.per_class_ci95[c]],
+                "sensitivity": _num(np.mean([s for s, _ in rates])),
+                "specificity": _num(np.mean([p for _, p in rates])),
+                "delta_vs_real": {"mean": _num(delta[0]), "ci95": [_num(v) for v in delta[1]]},
+            }
+        macro_delta = (
+            paired_delta(test_labels, runs[arm.name], runs[REAL], resamples)
+            if arm.name != REAL
+            else (0.0, (0.0, 0.0))
+        )
+        arm_metrics.append(
+            {
+                "name": arm.name,
+                "repeats": settings.repeats,
+                "train_images": len(arm.train),
+                "pretrain_images": len(arm.pretrain),
+                "synthetic_fraction": arm.synthetic_fraction,
+                "is_control": arm.is_control,
+                "classifier_start": starts[arm.name],
+                "auc_macro_mean": _num(summary.macro_mean),
+                "auc_macro_std": _num(summary.macro_std),
+                "auc_macro_ci95": [_num(v) for v in summary.macro_ci95],
+                "per_class": per_class,
+                "delta_vs_real": {
+                    "mean": _num(macro_delta[0]),
+                    "ci95": [_num(v) for v in macro_delta[1]],
+                },
+            }
+        )
+
+    train_settings = _train_settings(spec, seed=spec.seed)
+    fid_rows, fid_notes = _fid_table(spec, data, real_only, train_settings)
+    fidelity, memo, memo_pairs = {}, None, []
+    if data.synthetic:
+        synthetic_scores = predict_scores(real_only.model, data.synthetic, train_settings)
+        synthetic_labels = np.array([s.label for s in data.synthetic])
+        real_val = val_runs[REAL][0]
+        thresholds = [youden_threshold(val_labels == c, real_val[:, c]) for c in range(num_classes)]
+        fidelity = {
+            data.classes[c]: share
+            for c, share in label_fidelity(synthetic_labels, synthetic_scores, thresholds).items()
+        }
+        reference = _memorisation_reference(data)
+        memo = memorisation(
+            extract_features(real_only.model, data.synthetic, train_settings),
+            extract_features(real_only.model, reference, train_settings),
+            settings.memorization_threshold,
+        )
+        memo_pairs = [(data.synthetic[i], reference[j], sim) for i, j, sim in memo.closest(4)]
+
+    result = EvalResult(
+        spec=spec,
+        classes=data.classes,
+        arms=arm_metrics,
+        test=data.test,
+        test_runs=runs,
+        fid=fid_rows,
+        fid_notes=fid_notes,
+        label_fidelity=fidelity,
+        memorisation=memo,
+        memorisation_pairs=memo_pairs,
+        real_counts={c: sum(i.label == k for i in data.train) for k, c in enumerate(data.classes)},
+        synthetic_counts={
+            c: sum(s.label == k for s in data.synthetic) for k, c in enumerate(data.classes)
+        },
+        synthetic_rows=data.synthetic_rows,
+        real_examples=data.test,
+        synthetic_examples=data.synthetic,
+        config=settings.model_dump(mode="json") | {"classifier_weights": real_only.weights},
+        versions=library_versions(),
+        unreadable_real_images=data.unreadable,
+        seconds=0.0,
+    )
+    result.seconds = time.perf_counter() - started
+    write_outputs(result, run_dir / "eval")
+    return result
+
+
+def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
+    classes = spec.labels
+    index = {label: i for i, label in enumerate(classes)}
+    real = [image for image in read_real_images(spec) if image.label in index]
+    if not real:
+        raise SourceError(
+            "evaluation needs real images: use a manifest or iu_xray source with image files "
+            "(a counts source has none)"
+        )
+    if any(image.split not in SPLITS for image in real):
+        raise SourceError(
+            "evaluation needs a train/val/test split for every real image; add a split column "
+            "to the manifest (synth data prepare writes one)"
+        )
+    by_split: dict[str, list[LabelledImage]] = {split: [] for split in SPLITS}
+    unreadable = 0
+    for image in sorted(real, key=lambda r: r.image_id):
+        try:
+            with Image.open(image.path) as opened:
+                opened.verify()
+        except (OSError, ValueError, SyntaxError):
+            unreadable += 1  # skipped and counted in the report, never a crash mid-run
+            continue
+        by_split[image.split].append(LabelledImage(image.image_id, image.path, index[image.label]))
+    for split in ("val", "test"):
+        missing = [c for c, i in index.items() if not any(x.label == i for x in by_split[split])]
+        if missing:
+            raise SourceError(
+                f"the {split} split has no real image of {missing}; AUC needs every class there"
+            )
+    synthetic, rows = _read_synthetic(run_dir, index)
+    return EvalData(
+        classes, by_split["train"], by_split["val"], by_split["test"], synthetic, rows, unreadable,
+        _adapter_images(spec),
+    )  # fmt: skip
+
+
+def _read_synthetic(run_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
+    data_dir = run_dir / "data"
+    files = sorted(data_dir.glob("train-*.parquet")) if data_dir.is_dir() else []
+    if not files:
+        raise SourceError(f"{run_dir}: no shards in data/; run `synth run` first")
+    synthetic, rows = [], []
+    for path in files:
+        for row in pq.read_table(path).to_pylist():
+            if row["label"] in index:
+                synthetic.append(
+                    LabelledImage(row["sample_id"], row["image"]["bytes"], index[row["label"]])
+                )
+                rows.append({k: v for k, v in row.items() if k != "image"})
+    return synthetic, rows
+
+
+def _adapter_images(spec: Spec) -> list[str]:
+    """Images the spec's LoRAs were trained on, from the training.json beside each adapter."""
+    images = []
+    for cls in spec.classes.values():
+        if cls.lora is None:
+            continue
+        folder = cls.lora.path if cls.lora.path.is_dir() else cls.lora.path.parent
+        record = folder / "training.json"
+        if record.is_file():
+            try:
+                images.extend(json.loads(record.read_text())["images"])
+            except (OSError, json.JSONDecodeError, KeyError) as err:
+                raise SynthError(f"{record}: unreadable LoRA training record ({err})") from None
+    return images
+
+
+def _memorisation_reference(data: EvalData) -> list[LabelledImage]:
+    """The LoRA's own training images when recorded, else the real train split."""
+    if data.adapter_images:
+        wanted = {"/".join(p.split("/")[-2:]) for p in data.adapter_images}
+        chosen = [i for i in data.train if "/".join(str(i.source).split("/")[-2:]) in wanted]
+        if chosen:
+            return chosen
+    return data.train
+
+
+def _train_settings(spec: Spec, seed: int) -> TrainSettings:
+    e = spec.eval
+    return TrainSettings(
+        architecture=e.classifier,
+        image_size=e.image_size,
+        epochs=e.epochs,
+        batch_size=e.batch_size,
+        learning_rate=e.learning_rate,
+        patience=e.patience,
+        class_weighted=e.class_weighted,
+        seed=seed,
+    )
+
+
+def _train_arm(arm: Arm, val, num_classes: int, settings: TrainSettings) -> TrainedClassifier:
+    if arm.name == PRETRAIN:
+        pretrained = train_classifier(list(arm.pretrain), val, num_classes, settings)
+        return train_classifier(list(arm.train), val, num_classes, settings, start_from=pretrained)
+    return train_classifier(list(arm.train), val, num_classes, settings)
+
+
+def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], list[str]]:
+    """FID/KID per class and overall, real test vs synthetic, with the real-vs-real floor."""
+    rows, notes = [], []
+    if not data.synthetic:
+        return rows, ["no synthetic images: FID not computed"]
+    extractors: dict[str, object] = {}
+    if "classifier" in spec.eval.fid:
+        features = extract_features(real_only.model, data.test[:1], settings).shape[1]
+        extractors["classifier"] = ClassifierFeatures(real_only.model, features)
+    if "inception" in spec.eval.fid:
+        weights, reason = inception_weights(spec.eval.inception_weights)
+        if weights is None:
+            notes.append(f"FID (inception) skipped: {reason}")
+        else:
+            extractors["inception"] = weights
+    real_pool = data.train + data.val + data.test
+    rng = np.random.default_rng(spec.seed)
+    for name, extractor in extractors.items():
+        for c, label in [(None, "all"), *enumerate(data.classes)]:
+            real = [i for i in data.test if c is None or i.label == c]
+            synthetic = [s for s in data.synthetic if c is None or s.label == c]
+            pool = [i for i in real_pool if c is None or i.label == c]
+            if min(len(real), len(synthetic)) < 2 or len(pool) < 4:
+                notes.append(f"FID ({name}) for {label}: too few images")
+                continue
+            shuffled = [pool[i] for i in rng.permutation(len(pool))]
+            half = len(shuffled) // 2
+            floor = distance(
+                _tensor(shuffled[:half], settings), _tensor(shuffled[half:], settings), extractor
+            )
+            value = distance(_tensor(real, settings), _tensor(synthetic, settings), extractor)
+            rows.append(
+                {
+                    "class": label, "extractor": name, "value": value.fid, "kid": value.kid,
+                    "n_real": value.n_real, "n_synthetic": value.n_synthetic, "floor": floor.fid,
+                    "floor_n": [floor.n_real, floor.n_synthetic],
+                }
+            )  # fmt: skip
+    return rows, notes
+
+
+def _tensor(items: list[LabelledImage], settings: TrainSettings) -> torch.Tensor:
+    """Images as (n, 1, size, size) floats in [0, 1], the layout torchmetrics takes."""
+    size = (settings.image_size, settings.image_size)
+    arrays = [
+        np.asarray(load_gray(item.source).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        / 255
+        for item in items
+    ]
+    return torch.from_numpy(np.stack(arrays))[:, None]
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else round(value, 6)

@@ -1,0 +1,145 @@
+"""Metric arithmetic over predictions and features. Pure: arrays in, numbers out.
+
+AUROC is one-vs-rest per class (sklearn). Confidence intervals come from a bootstrap over test
+images; the same resamples serve every arm, so differences between arms are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def class_aucs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUROC per class; NaN for a class absent from (or filling) the sample."""
+    aucs = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        positives = labels == c
+        if 0 < positives.sum() < len(labels):
+            aucs[c] = roc_auc_score(positives, scores[:, c])
+    return aucs
+
+
+def bootstrap_indices(n: int, rounds: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
+
+
+@dataclass(frozen=True)
+class AucSummary:
+    per_class_mean: np.ndarray  # over repeats
+    per_class_std: np.ndarray
+    per_class_ci95: np.ndarray  # (classes, 2): bootstrap of the repeat-mean
+    macro_mean: float
+    macro_std: float
+    macro_ci95: tuple[float, float]
+
+
+def summarise_auc(
+    labels: np.ndarray, runs: Sequence[np.ndarray], resamples: np.ndarray
+) -> AucSummary:
+    """AUROC of an arm's repeats (each an (n, classes) score array on the same test images)."""
+    per_run = np.stack([class_aucs(labels, scores) for scores in runs])
+    macro_per_run = np.nanmean(per_run, axis=1)
+    boot = np.stack(
+        [
+            np.nanmean([class_aucs(labels[idx], scores[idx]) for scores in runs], axis=0)
+            for idx in resamples
+        ]
+    )
+    return AucSummary(
+        per_class_mean=per_run.mean(axis=0),
+        per_class_std=per_run.std(axis=0),
+        per_class_ci95=np.nanpercentile(boot, [2.5, 97.5], axis=0).T,
+        macro_mean=float(macro_per_run.mean()),
+        macro_std=float(macro_per_run.std()),
+        macro_ci95=tuple(np.nanpercentile(np.nanmean(boot, axis=1), [2.5, 97.5]).tolist()),
+    )
+
+
+def paired_delta(
+    labels: np.ndarray,
+    runs: Sequence[np.ndarray],
+    baseline_runs: Sequence[np.ndarray],
+    resamples: np.ndarray,
+    which: int | None = None,
+) -> tuple[float, tuple[float, float]]:
+    """Mean AUROC difference against the baseline arm, repeat r against repeat r (same seeds),
+    with a bootstrap 95% CI. `which` picks one class; None is the macro average."""
+
+    def auc(lab, scores):
+        aucs = class_aucs(lab, scores)
+        return np.nanmean(aucs) if which is None else aucs[which]
+
+    def delta(idx):
+        return np.mean(
+            [
+                auc(labels[idx], a[idx]) - auc(labels[idx], b[idx])
+                for a, b in zip(runs, baseline_runs, strict=True)
+            ]
+        )
+
+    everything = np.arange(len(labels))
+    boot = np.array([delta(idx) for idx in resamples])
+    return float(delta(everything)), tuple(np.nanpercentile(boot, [2.5, 97.5]).tolist())
+
+
+def youden_threshold(positives: np.ndarray, scores: np.ndarray) -> float:
+    """The validation threshold that maximises sensitivity + specificity − 1."""
+    if positives.all() or not positives.any():
+        return 0.5
+    false_pos, true_pos, thresholds = roc_curve(positives, scores)
+    return float(thresholds[np.argmax(true_pos - false_pos)])
+
+
+def sensitivity_specificity(
+    positives: np.ndarray, scores: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    predicted = scores >= threshold
+    sensitivity = (predicted & positives).sum() / max(positives.sum(), 1)
+    specificity = (~predicted & ~positives).sum() / max((~positives).sum(), 1)
+    return float(sensitivity), float(specificity)
+
+
+def label_fidelity(
+    synthetic_labels: np.ndarray, synthetic_scores: np.ndarray, thresholds: Sequence[float]
+) -> dict[int, float]:
+    """Per class c: the share of its synthetic images that a real-only classifier assigns to c,
+    at the operating point chosen on real validation data (not argmax, which an uncalibrated
+    classifier can bias toward the common class)."""
+    return {
+        c: float((synthetic_scores[synthetic_labels == c, c] >= thresholds[c]).mean())
+        for c in range(synthetic_scores.shape[1])
+        if (synthetic_labels == c).any()
+    }
+
+
+@dataclass(frozen=True)
+class Memorisation:
+    threshold: float
+    similarities: np.ndarray  # per synthetic image: cosine similarity to its nearest training image
+    nearest: np.ndarray  # index of that training image
+
+    @property
+    def n_flagged(self) -> int:
+        return int((self.similarities >= self.threshold).sum())
+
+    def closest(self, k: int) -> list[tuple[int, int, float]]:
+        order = np.argsort(-self.similarities)[:k]
+        return [(int(i), int(self.nearest[i]), float(self.similarities[i])) for i in order]
+
+
+def memorisation(
+    synthetic_features: np.ndarray, training_features: np.ndarray, threshold: float
+) -> Memorisation:
+    """Nearest-neighbour cosine similarity from each synthetic image to the training images."""
+    a = synthetic_features / np.maximum(
+        np.linalg.norm(synthetic_features, axis=1, keepdims=True), 1e-12
+    )
+    b = training_features / np.maximum(
+        np.linalg.norm(training_features, axis=1, keepdims=True), 1e-12
+    )
+    similarity = a @ b.T
+    return Memorisation(threshold, similarity.max(axis=1), similarity.argmax(axis=1))

@@ -1,0 +1,441 @@
+"""The evaluation's outputs (a contract): metrics.json, predictions.parquet, report.html, report.md.
+
+The HTML is self-contained (images embedded, no network) and escapes all user text. A verdict
+in plain language comes first, always beside the count-matched control.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or CI
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.metrics import roc_curve
+
+from classifiers.data import LabelledImage, load_gray
+from eval.arms import CONTROL, REAL, synth_arm_name
+from synth.shards import output_errors, write_text_atomic
+
+
+@dataclass
+class EvalResult:
+    spec: Any
+    classes: list[str]
+    arms: list[dict]
+    test: list[LabelledImage]
+    test_runs: dict[str, list[np.ndarray]]
+    fid: list[dict]
+    fid_notes: list[str]
+    label_fidelity: dict[str, float]
+    memorisation: Any
+    memorisation_pairs: list
+    real_counts: dict[str, int]
+    synthetic_counts: dict[str, int]
+    synthetic_rows: list[dict]
+    real_examples: list[LabelledImage]
+    synthetic_examples: list[LabelledImage]
+    config: dict
+    versions: dict
+    unreadable_real_images: int
+    seconds: float
+    verdicts: list[str] = field(default_factory=list)
+
+
+def write_outputs(result: EvalResult, out: Path) -> None:
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    result.verdicts = verdicts(result)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics_json(result), indent=2))
+    with output_errors(out / "predictions.parquet"):
+        temporary = out / ".tmp-predictions.parquet"
+        pq.write_table(predictions_table(result), temporary)
+        temporary.replace(out / "predictions.parquet")
+    figures = {"roc": _roc_figure(result), "auc_vs_fraction": _fraction_figure(result)}
+    for name, png in figures.items():
+        with output_errors(out / f"{name}.png"):
+            (out / f"{name}.png").write_bytes(png)
+    write_text_atomic(out / "report.html", report_html(result, figures))
+    write_text_atomic(out / "report.md", report_markdown(result))
+
+
+def metrics_json(result: EvalResult) -> dict:
+    memo = result.memorisation
+    return {
+        "arms": result.arms,
+        "fid": result.fid,
+        "fid_notes": result.fid_notes,
+        "label_fidelity": result.label_fidelity,
+        "memorization": {
+            "threshold": memo.threshold if memo else None,
+            "n_flagged": memo.n_flagged if memo else 0,
+            "max_similarity": float(memo.similarities.max()) if memo is not None else None,
+        },
+        "verdict": result.verdicts,
+        "counts": {"real_train": result.real_counts, "synthetic": result.synthetic_counts},
+        "unreadable_real_images": result.unreadable_real_images,
+        "seconds": round(result.seconds, 2),
+        "config": result.config,
+        "versions": result.versions,
+    }
+
+
+def predictions_table(result: EvalResult) -> pa.Table:
+    """Long format: one row per test image, per class, per run; AUC is recomputable from it."""
+    columns: dict[str, list] = {
+        k: [] for k in ("arm", "repeat", "sample_id", "true_label", "class", "score")
+    }
+    for arm, runs in result.test_runs.items():
+        for repeat, scores in enumerate(runs):
+            for row, item in enumerate(result.test):
+                for c, label in enumerate(result.classes):
+                    columns["arm"].append(arm)
+                    columns["repeat"].append(repeat)
+                    columns["sample_id"].append(item.key)
+                    columns["true_label"].append(result.classes[item.label])
+                    columns["class"].append(label)
+                    columns["score"].append(float(scores[row, c]))
+    return pa.table(columns)
+
+
+def verdicts(result: EvalResult) -> list[str]:
+    """One plain sentence per class that has synthetic images."""
+    arms = {arm["name"]: arm for arm in result.arms}
+    fractions = sorted(a["synthetic_fraction"] for a in result.arms if a["synthetic_fraction"])
+    if not fractions:
+        return ["No synthetic images were evaluated: only the real arm ran."]
+    full = arms[synth_arm_name(fractions[-1])]
+    control = arms.get(CONTROL)
+    sentences = []
+    for label in result.classes:
+        if not result.synthetic_counts.get(label):
+            continue
+        delta = full["per_class"][label]["delta_vs_real"]
+        low, high = delta["ci95"]
+        effect = (
+            "helped"
+            if low is not None and low > 0
+            else "hurt"
+            if high is not None and high < 0
+            else "did not help"
+        )
+        sentence = (
+            f"Synthetic data {effect} class {label}: {full['name']} changed its AUC by "
+            f"{_signed(delta['mean'])} (95% CI {_signed(low)} to {_signed(high)})"
+        )
+        if control:
+            c_delta = control["per_class"][label]["delta_vs_real"]
+            sentence += (
+                f", vs a count-matched control (duplicated real images) of {_signed(c_delta['mean'])} "
+                f"(95% CI {_signed(c_delta['ci95'][0])} to {_signed(c_delta['ci95'][1])})"
+            )
+            if (
+                c_delta["mean"] is not None
+                and delta["mean"] is not None
+                and c_delta["mean"] >= delta["mean"]
+            ):
+                sentence += "; the control did as well or better, so more samples, not synthetic content, explain any gain"
+        sentences.append(sentence + ".")
+    return sentences
+
+
+def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>synth evaluation: {e(result.spec.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+        "text-align:right}th{background:#eee}.verdict{font-size:1.15em;background:#fff6d5;"
+        "padding:1em;border-left:5px solid #e0a800}img{image-rendering:pixelated}</style></head><body>",
+        f"<h1>Evaluation of {e(result.spec.name)}</h1>",
+        "<div class='verdict'>" + "".join(f"<p>{e(v)}</p>" for v in result.verdicts) + "</div>",
+        "<p>Every arm is scored on the real test split, which no classifier and no LoRA trained "
+        "on. Lower FID did not predict downstream gains in published work; weigh AUC against the "
+        "count-matched control first.</p>",
+        "<h2>Class distribution</h2>",
+        _html_table(
+            ["class", "real (train)", "synthetic", "after"],
+            [
+                [
+                    c,
+                    result.real_counts[c],
+                    result.synthetic_counts.get(c, 0),
+                    result.real_counts[c] + result.synthetic_counts.get(c, 0),
+                ]
+                for c in result.classes
+            ],
+        ),
+        "<h2>AUC per arm</h2>",
+        _html_table(*_arm_table(result)),
+        f"<img alt='ROC curves' src='data:image/png;base64,{_b64(figures['roc'])}'>",
+        f"<img alt='AUC vs synthetic fraction' src='data:image/png;base64,{_b64(figures['auc_vs_fraction'])}'>",
+        "<h2>FID and KID (real test vs synthetic), with the real-vs-real floor</h2>",
+        _html_table(*_fid_table(result)),
+        "".join(f"<p>{e(note)}</p>" for note in result.fid_notes),
+        "<h2>Label fidelity</h2><p>The share of each class's synthetic images that a classifier "
+        "trained on real data only assigns to that class.</p>",
+        _html_table(
+            ["class", "share"], [[c, f"{s:.3f}"] for c, s in result.label_fidelity.items()]
+        ),
+        "<h2>Samples: real (left) and synthetic (right)</h2>",
+        _sample_grids(result),
+        "<h2>Memorisation: closest synthetic–training pairs</h2>",
+        _memorisation_html(result),
+        "<h2>Provenance</h2>",
+        _html_table(["field", "values"], [[k, v] for k, v in _provenance(result).items()]),
+        f"<p>Evaluation took {result.seconds:.1f} s. Classifier start: "
+        f"{e(str(result.config.get('classifier_weights')))}. Unreadable real images skipped: "
+        f"{result.unreadable_real_images}.</p>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def report_markdown(result: EvalResult) -> str:
+    lines = [f"# Evaluation of {html.escape(result.spec.name)}", ""]
+    lines += [f"> {html.escape(v)}" for v in result.verdicts] + [""]
+    lines += ["## AUC per arm", "", *_md_table(*_arm_table(result)), ""]
+    lines += ["![ROC curves](roc.png)", "", "![AUC vs synthetic fraction](auc_vs_fraction.png)", ""]
+    lines += [
+        "## FID and KID, with the real-vs-real floor",
+        "",
+        *_md_table(*_fid_table(result)),
+        "",
+    ]
+    lines += [f"- {html.escape(note)}" for note in result.fid_notes] + [""]
+    lines += [
+        "## Label fidelity",
+        "",
+        *_md_table(["class", "share"], [[c, f"{s:.3f}"] for c, s in result.label_fidelity.items()]),
+        "",
+    ]
+    memo = result.memorisation
+    if memo is not None:
+        lines += [
+            "## Memorisation",
+            "",
+            f"{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} to a training "
+            f"image; the highest is {memo.similarities.max():.3f}.",
+            "",
+        ]
+    lines += [
+        "## Provenance",
+        "",
+        *_md_table(["field", "values"], [[k, v] for k, v in _provenance(result).items()]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _arm_table(result: EvalResult) -> tuple[list[str], list[list]]:
+    header = ["arm", "train images", "macro AUC (mean ± std)", "95% CI", "Δ vs real (95% CI)"]
+    for c in result.classes:
+        header += [f"{c} AUC", f"{c} sens/spec"]
+    rows = []
+    for arm in result.arms:
+        delta = arm["delta_vs_real"]
+        name = arm["name"] + (" (control)" if arm["is_control"] else "")
+        row = [
+            name,
+            arm["train_images"] + arm["pretrain_images"],
+            f"{_f(arm['auc_macro_mean'])} ± {_f(arm['auc_macro_std'])}",
+            f"{_f(arm['auc_macro_ci95'][0])}–{_f(arm['auc_macro_ci95'][1])}",
+            "—"
+            if arm["name"] == REAL
+            else f"{_signed(delta['mean'])} ({_signed(delta['ci95'][0])} to {_signed(delta['ci95'][1])})",
+        ]
+        for c in result.classes:
+            stats = arm["per_class"][c]
+            row += [
+                f"{_f(stats['auc_mean'])} ± {_f(stats['auc_std'])}",
+                f"{_f(stats['sensitivity'])}/{_f(stats['specificity'])}",
+            ]
+        rows.append(row)
+    return header, rows
+
+
+def _fid_table(result: EvalResult) -> tuple[list[str], list[list]]:
+    header = ["class", "extractor", "FID", "floor (real vs real)", "KID", "n real", "n synthetic"]
+    rows = [
+        [
+            r["class"],
+            r["extractor"],
+            f"{r['value']:.3f}",
+            f"{r['floor']:.3f}",
+            f"{r['kid']:.4f}",
+            r["n_real"],
+            r["n_synthetic"],
+        ]
+        for r in result.fid
+    ]
+    return header, rows
+
+
+def _provenance(result: EvalResult) -> dict[str, str]:
+    rows = result.synthetic_rows
+    keys = (
+        "model",
+        "vae",
+        "lora",
+        "lora_sha256",
+        "lora_scale",
+        "scheduler",
+        "steps",
+        "guidance_scale",
+        "device",
+        "synth_version",
+    )
+    summary = {
+        k: ", ".join(sorted({str(r[k]) for r in rows if r.get(k) is not None})) or "—" for k in keys
+    }
+    prompts = sorted({r["prompt"] for r in rows})
+    summary["prompts"] = " | ".join(prompts[:5]) + (
+        f" (+{len(prompts) - 5} more)" if len(prompts) > 5 else ""
+    )
+    seeds = [r["seed"] for r in rows]
+    summary["seeds"] = f"{len(seeds)} images, spec seed {result.spec.seed}" + (
+        f", per-image seeds {min(seeds)}…{max(seeds)}" if seeds else ""
+    )
+    return summary
+
+
+def _html_table(header: list[str], rows: list[list]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    def cell(value) -> str:
+        # Escaped like the HTML: Markdown renderers pass raw HTML through.
+        return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
+
+    return [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def _sample_grids(result: EvalResult, per_class: int = 4) -> str:
+    e = html.escape
+    parts = []
+    for c, label in enumerate(result.classes):
+        real = [i for i in result.real_examples if i.label == c][:per_class]
+        synthetic = [s for s in result.synthetic_examples if s.label == c][:per_class]
+        cells = (
+            "".join(_img(i, "real") for i in real)
+            + " &nbsp;│&nbsp; "
+            + "".join(_img(s, "synthetic") for s in synthetic)
+        )
+        parts.append(f"<h3>{e(label)}</h3><p>{cells}</p>")
+    return "".join(parts)
+
+
+def _memorisation_html(result: EvalResult) -> str:
+    memo = result.memorisation
+    if memo is None:
+        return "<p>No synthetic images.</p>"
+    e = html.escape
+    rows = "".join(
+        f"<p>{_img(synthetic, 'synthetic')} {_img(real, 'training')} cosine {sim:.3f} "
+        f"({e(synthetic.key)} ↔ {e(real.key)})</p>"
+        for synthetic, real, sim in result.memorisation_pairs
+    )
+    return (
+        f"<p>{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} "
+        f"(classifier features) to an image the LoRA trained on; highest {memo.similarities.max():.3f}; "
+        f"median {np.median(memo.similarities):.3f}.</p>{rows}"
+    )
+
+
+def _img(item: LabelledImage, alt: str, size: int = 96) -> str:
+    buffer = io.BytesIO()
+    load_gray(item.source).resize((size, size)).save(buffer, format="PNG")
+    return f"<img alt='{html.escape(alt)}' width='{size}' src='data:image/png;base64,{_b64(buffer.getvalue())}'>"
+
+
+def _roc_figure(result: EvalResult) -> bytes:
+    classes = result.classes
+    figure, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 4.5), squeeze=False)
+    labels = np.array([item.label for item in result.test])
+    for c, axis in enumerate(axes[0]):
+        for arm, runs in result.test_runs.items():
+            positives = labels == c
+            if positives.all() or not positives.any():
+                continue
+            false_pos, true_pos, _ = roc_curve(positives, runs[0][:, c])
+            axis.plot(false_pos, true_pos, label=arm, linestyle="--" if arm == CONTROL else "-")
+        axis.plot([0, 1], [0, 1], color="#999", linewidth=0.8)
+        axis.set_title(f"ROC, {classes[c]} vs rest (repeat 0)")
+        axis.set_xlabel("false positive rate")
+        axis.set_ylabel("true positive rate")
+        axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def _fraction_figure(result: EvalResult) -> bytes:
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    points = sorted(
+        (a["synthetic_fraction"] or 0.0, a)
+        for a in result.arms
+        if a["name"] == REAL or a["synthetic_fraction"]
+    )
+    xs = [x for x, _ in points]
+    ys = [a["auc_macro_mean"] or np.nan for _, a in points]
+    lows = [a["auc_macro_ci95"][0] or np.nan for _, a in points]
+    highs = [a["auc_macro_ci95"][1] or np.nan for _, a in points]
+    axis.errorbar(
+        xs,
+        ys,
+        yerr=[np.subtract(ys, lows), np.subtract(highs, ys)],
+        marker="o",
+        capsize=4,
+        label="real + synthetic",
+    )
+    control = next((a for a in result.arms if a["is_control"]), None)
+    if control:
+        axis.axhline(
+            control["auc_macro_mean"],
+            color="#d62728",
+            linestyle="--",
+            label="count-matched control (real+dup)",
+        )
+        axis.axhspan(
+            control["auc_macro_ci95"][0], control["auc_macro_ci95"][1], color="#d62728", alpha=0.1
+        )
+    axis.set_xlabel("synthetic fraction added (0 = real only)")
+    axis.set_ylabel("macro AUC on the real test split")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _signed(value) -> str:
+    return "—" if value is None else f"{value:+.3f}"

@@ -1,0 +1,190 @@
+"""The evaluation end to end on small image sets made here: arms, metrics, FID, report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from html import unescape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from classifiers.data import LabelledImage
+from classifiers.models import build_classifier
+from eval.arms import LeakageError, assert_no_leakage, build_arms
+from eval.evaluate import evaluate
+from eval.fid import ClassifierFeatures, distance
+from synth.shards import ImageRecord, encode_image, records_to_table, write_shard
+from synth.spec import load_spec
+from tests.conftest import base_spec, write_spec
+
+pytestmark = pytest.mark.slow
+SCRIPT = "<script>alert(1)</script>"
+
+
+def _xray(rng: np.random.Generator, opacity: bool) -> Image.Image:
+    pixels = rng.normal(90, 20, (32, 32))
+    if opacity:
+        y, x = rng.integers(8, 24, size=2)
+        yy, xx = np.mgrid[:32, :32]
+        pixels += 110 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    (folder / "real").mkdir()
+    rows = []
+    counts = {"train": (6, 18), "val": (6, 6), "test": (10, 10)}
+    for split, (n_opacity, n_normal) in counts.items():
+        for label, n in (("opacity", n_opacity), ("normal", n_normal)):
+            for i in range(n):
+                name = f"real/{split}-{label}-{i}.png"
+                _xray(rng, label == "opacity").save(folder / name)
+                rows.append({"path": name, "label": label, "split": split})
+    pd.DataFrame(rows).to_csv(folder / "real.csv", index=False)
+
+    run_dir = folder / "run"
+    records = []
+    for label, n in (("opacity", 12), ("normal", 4)):
+        for i in range(n):
+            image = _xray(rng, label == "opacity").convert("RGB")
+            record = ImageRecord(
+                sample_id=f"{label}-{i:06d}", label=label, image_bytes=b"", image_path="x.png",
+                width=32, height=32, prompt=f"Chest x-ray. {SCRIPT} {label}", negative_prompt="",
+                seed=i, model="small", vae=None, lora=None, lora_sha256=None, lora_scale=None,
+                scheduler="euler", steps=3, guidance_scale=5.0, spec_sha256="s", synth_version="t",
+                device="cpu", created_at="t", attempt=1,
+            )  # fmt: skip
+            records.append(replace(record, image_bytes=encode_image(image, "png", {})))
+    write_shard(records_to_table(records), run_dir / "data" / "train-00000-of-00001.parquet")
+
+    data = base_spec(folder / "model")
+    data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
+    data["eval"] = {
+        "enabled": True, "classifier": "resnet18", "image_size": 32, "epochs": 3,
+        "batch_size": 16, "repeats": 2, "synthetic_fractions": [0.5, 1.0], "bootstrap": 100,
+        "fid": ["inception", "classifier"],
+    }  # fmt: skip
+    spec = load_spec(write_spec(folder, data))
+    result = evaluate(spec, run_dir, show_progress=False)
+    return result, run_dir / "eval"
+
+
+def test_every_output_is_written_and_every_arm_is_reported(evaluated):
+    result, out = evaluated
+    assert {p.name for p in out.iterdir()} >= {
+        "metrics.json",
+        "predictions.parquet",
+        "report.html",
+        "report.md",
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [arm["name"] for arm in metrics["arms"]]
+    assert names == ["real", "real+synth@0.5", "real+synth@1", "real+dup", "synth", "synth->real"]
+    html = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    for name in names:
+        assert name in unescape(html) and name in unescape(markdown)
+    assert html.index("class='verdict'") < html.index("<h2>")  # the verdict comes first
+    assert "count-matched control" in result.verdicts[0]
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+
+def test_auc_in_metrics_equals_sklearn_on_the_predictions(evaluated):
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = pq.read_table(out / "predictions.parquet").to_pandas()
+    assert set(predictions.columns) == {
+        "arm",
+        "repeat",
+        "sample_id",
+        "true_label",
+        "class",
+        "score",
+    }
+    assert len(predictions) == 6 * 2 * 20 * 2  # arms x repeats x test images x classes
+    for arm in metrics["arms"]:
+        for label in ("opacity", "normal"):
+            rows = predictions[(predictions.arm == arm["name"]) & (predictions["class"] == label)]
+            aucs = [
+                roc_auc_score(run.true_label == label, run.score)
+                for _, run in rows.groupby("repeat")
+            ]
+            assert arm["per_class"][label]["auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-6)
+
+
+def test_user_text_is_inert_in_the_report(evaluated):
+    _, out = evaluated
+    html = (out / "report.html").read_text()
+    assert SCRIPT not in html and "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    markdown = (out / "report.md").read_text()
+    assert SCRIPT not in markdown and "&lt;script&gt;" in markdown
+
+
+def test_inception_without_weights_is_skipped_with_a_message(evaluated):
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert any(
+        note.startswith("FID (inception) skipped: no Inception weights")
+        for note in metrics["fid_notes"]
+    )
+    assert {row["extractor"] for row in metrics["fid"]} == {"classifier"}
+    for row in metrics["fid"]:
+        assert row["floor"] is not None and row["n_real"] > 0 and row["n_synthetic"] > 0
+    assert "FID (inception) skipped" in (out / "report.html").read_text()
+
+
+def test_label_fidelity_and_memorisation_are_reported(evaluated):
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["label_fidelity"]) == {"opacity", "normal"}
+    assert all(0 <= share <= 1 for share in metrics["label_fidelity"].values())
+    memo = metrics["memorization"]
+    assert memo["threshold"] == 0.95 and -1 <= memo["max_similarity"] <= 1
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    torch.manual_seed(0)
+    extractor = ClassifierFeatures(build_classifier("resnet18", 2).model, 512)
+    images = torch.rand(60, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert abs(distance(images, images, extractor).fid) < 1e-3
+    values = []
+    for level in (0.05, 0.1, 0.2, 0.4):
+        noisy = (
+            images + level * torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
+        ).clamp(0, 1)
+        values.append(distance(images, noisy, extractor).fid)
+    assert values == sorted(values) and values[0] > 0
+
+
+def test_a_leaking_setup_is_refused():
+    test = [LabelledImage("real/test-0.png", Path("real/test-0.png"), 0)]
+    train = [LabelledImage("real/train-0.png", Path("real/train-0.png"), 0)]
+    arms = build_arms(train + test, [], 2, [1.0], seed=0)
+    with pytest.raises(LeakageError, match="is in the training set of arm real"):
+        assert_no_leakage(test, arms)
+    clean = build_arms(train, [], 2, [1.0], seed=0)
+    with pytest.raises(LeakageError, match="trained a LoRA"):
+        assert_no_leakage(test, clean, adapter_training_images=["images/../real/test-0.png"])
+    assert_no_leakage(test, clean, adapter_training_images=["real/train-0.png"])
+
+
+def test_the_count_matched_control_matches_the_full_synthetic_arm_counts():
+    train = [LabelledImage(f"r{i}", Path(f"r{i}"), i % 2) for i in range(10)]
+    synthetic = [LabelledImage(f"s{i}", b"", 0) for i in range(7)]
+    arms = {arm.name: arm for arm in build_arms(train, synthetic, 2, [0.5, 1.0], seed=0)}
+    full, control = arms["real+synth@1"], arms["real+dup"]
+    count = lambda arm, c: sum(item.label == c for item in arm.train)  # noqa: E731
+    assert [count(full, c) for c in (0, 1)] == [count(control, c) for c in (0, 1)] == [12, 5]
+    assert len(arms["real+synth@0.5"].train) == 10 + 4  # round(7 * 0.5)
+    assert "synth" not in arms  # normal has no synthetic images
