@@ -27,6 +27,7 @@ from classifiers.train import (
 from eval.arms import PRETRAIN, REAL, Arm, assert_no_leakage, build_arms
 from eval.fid import ClassifierFeatures, distance, inception_weights
 from eval.metrics import (
+    bootstrap_aucs,
     bootstrap_indices,
     label_fidelity,
     memorisation,
@@ -90,9 +91,12 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
     assert real_only is not None
 
     resamples = bootstrap_indices(len(test_labels), settings.bootstrap, spec.seed)
+    boot = {
+        name: bootstrap_aucs(test_labels, arm_runs, resamples) for name, arm_runs in runs.items()
+    }
     arm_metrics = []
     for arm in arms:
-        summary = summarise_auc(test_labels, runs[arm.name], resamples)
+        summary = summarise_auc(test_labels, runs[arm.name], boot[arm.name])
         per_class = {}
         for c, label in enumerate(data.classes):
             thresholds = [youden_threshold(val_labels == c, v[:, c]) for v in val_runs[arm.name]]
@@ -101,7 +105,9 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
                 for r, t in zip(runs[arm.name], thresholds, strict=True)
             ]
             delta = (
-                paired_delta(test_labels, runs[arm.name], runs[REAL], resamples, which=c)
+                paired_delta(
+                    test_labels, runs[arm.name], runs[REAL], boot[arm.name], boot[REAL], which=c
+                )
                 if arm.name != REAL
                 else (0.0, (0.0, 0.0))
             )
@@ -114,7 +120,7 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
                 "delta_vs_real": {"mean": _num(delta[0]), "ci95": [_num(v) for v in delta[1]]},
             }
         macro_delta = (
-            paired_delta(test_labels, runs[arm.name], runs[REAL], resamples)
+            paired_delta(test_labels, runs[arm.name], runs[REAL], boot[arm.name], boot[REAL])
             if arm.name != REAL
             else (0.0, (0.0, 0.0))
         )

@@ -188,3 +188,18 @@ def test_the_count_matched_control_matches_the_full_synthetic_arm_counts():
     assert [count(full, c) for c in (0, 1)] == [count(control, c) for c in (0, 1)] == [12, 5]
     assert len(arms["real+synth@0.5"].train) == 10 + 4  # round(7 * 0.5)
     assert "synth" not in arms  # normal has no synthetic images
+
+
+def test_bootstrap_aucs_equal_sklearn_on_every_resample():
+    from eval.metrics import bootstrap_aucs, bootstrap_indices
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 40)
+    scores = np.round(rng.random((40, 3)), 1)  # rounded: many ties
+    resamples = bootstrap_indices(40, 25, seed=1)
+    boot = bootstrap_aucs(labels, [scores], resamples)
+    for b, idx in enumerate(resamples):
+        for c in range(3):
+            positives = labels[idx] == c
+            if 0 < positives.sum() < 40:
+                assert boot[0, c, b] == pytest.approx(roc_auc_score(positives, scores[idx, c]))
