@@ -62,6 +62,8 @@ def write_outputs(result: EvalResult, out: Path) -> None:
         pq.write_table(predictions_table(result), temporary)
         temporary.replace(out / "predictions.parquet")
     figures = {"roc": _roc_figure(result), "auc_vs_fraction": _fraction_figure(result)}
+    if result.memorisation is not None:
+        figures["memorisation"] = _memorisation_figure(result)
     for name, png in figures.items():
         with output_errors(out / f"{name}.png"):
             (out / f"{name}.png").write_bytes(png)
@@ -144,7 +146,12 @@ def verdicts(result: EvalResult) -> list[str]:
                 and delta["mean"] is not None
                 and c_delta["mean"] >= delta["mean"]
             ):
-                sentence += "; the control did as well or better, so more samples, not synthetic content, explain any gain"
+                sentence += "; the control did as well or better"
+                if delta["mean"] > 0:
+                    sentence += ", so more samples, not synthetic content, explain the gain"
+        real_auc = arms[REAL]["per_class"][label]["auc_mean"]
+        if real_auc is not None and real_auc >= 0.999:
+            sentence += "; real data alone already scores AUC 1.0 here, so no arm can show a gain"
         sentences.append(sentence + ".")
     return sentences
 
@@ -227,6 +234,8 @@ def report_markdown(result: EvalResult) -> str:
             "",
             f"{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} to a training "
             f"image; the highest is {memo.similarities.max():.3f}.",
+            "",
+            "![nearest-neighbour similarity](memorisation.png)",
             "",
         ]
     lines += [
@@ -354,6 +363,8 @@ def _memorisation_html(result: EvalResult) -> str:
         for synthetic, real, sim in result.memorisation_pairs
     )
     return (
+        "<img alt='nearest-neighbour similarity distribution' src='data:image/png;base64,"
+        f"{_b64(_memorisation_figure(result))}'>"
         f"<p>{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} "
         f"(classifier features) to an image the LoRA trained on; highest {memo.similarities.max():.3f}; "
         f"median {np.median(memo.similarities):.3f}.</p>{rows}"
@@ -417,6 +428,19 @@ def _fraction_figure(result: EvalResult) -> bytes:
         )
     axis.set_xlabel("synthetic fraction added (0 = real only)")
     axis.set_ylabel("macro AUC on the real test split")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _memorisation_figure(result: EvalResult) -> bytes:
+    memo = result.memorisation
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.hist(memo.similarities, bins=30, color="#1f77b4")
+    axis.axvline(
+        memo.threshold, color="#d62728", linestyle="--", label=f"flag threshold {memo.threshold}"
+    )
+    axis.set_xlabel("cosine similarity to the nearest training image (classifier features)")
+    axis.set_ylabel("synthetic images")
     axis.legend(fontsize=8)
     return _png(figure)
 

@@ -3,8 +3,8 @@
     python scripts/bench_eval.py --image-size 64 --epochs 5 --repeats 2
 
 600 real images (train 300: 60 opacity / 240 normal; val 100; test 200) and 400 synthetic
-(300 opacity / 100 normal) written as a shard; opacity is a soft bright blob. Prints the wall
-time and the report's verdict.
+(300 opacity / 100 normal) written as a shard; opacity is a soft bright blob, fainter in the
+synthetic images by default. Prints the wall time and the report's verdict.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from synth.shards import ImageRecord, encode_image, records_to_table, write_shar
 from synth.spec import load_spec
 
 
-def chest(rng: np.random.Generator, opacity: bool, size: int) -> Image.Image:
-    pixels = rng.normal(90, 20, (size, size))
+def chest(rng: np.random.Generator, opacity: bool, size: int, contrast: float) -> Image.Image:
+    """Noise, plus a soft bright blob of `contrast` grey levels for opacity."""
+    pixels = rng.normal(90, 25, (size, size))
     if opacity:
         y, x = rng.integers(size // 4, 3 * size // 4, size=2)
         yy, xx = np.mgrid[:size, :size]
-        pixels += 110 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (size * size / 35))
+        pixels += contrast * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (size * size / 35))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
@@ -38,6 +39,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--real-contrast", type=float, default=30.0)
+    # Fainter than real by default: a generator that drifts toward normal, as the thesis saw.
+    parser.add_argument("--synthetic-contrast", type=float, default=20.0)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     rng = np.random.default_rng(0)
@@ -47,7 +51,9 @@ def main() -> None:
         for label, n in zip(("opacity", "normal"), counts, strict=True):
             for i in range(n):
                 name = f"real/{split}-{label}-{i}.png"
-                chest(rng, label == "opacity", args.image_size).save(folder / name)
+                chest(rng, label == "opacity", args.image_size, args.real_contrast).save(
+                    folder / name
+                )
                 rows.append({"path": name, "label": label, "split": split})
     pd.DataFrame(rows).to_csv(folder / "real.csv", index=False)
     records = []
@@ -58,7 +64,7 @@ def main() -> None:
                 f"Chest x-ray. {label}.", "", i, "bench", None, None, None, None, "euler", 30,
                 7.0, "bench", "bench", "cpu", "bench", 1,
             )  # fmt: skip
-            image = chest(rng, label == "opacity", args.image_size)
+            image = chest(rng, label == "opacity", args.image_size, args.synthetic_contrast)
             records.append(replace(record, image_bytes=encode_image(image, "png", {})))
     run_dir = folder / "run"
     write_shard(records_to_table(records), run_dir / "data" / "train-00000-of-00001.parquet")

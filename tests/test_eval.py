@@ -203,3 +203,21 @@ def test_bootstrap_aucs_equal_sklearn_on_every_resample():
             positives = labels[idx] == c
             if 0 < positives.sum() < 40:
                 assert boot[0, c, b] == pytest.approx(roc_auc_score(positives, scores[idx, c]))
+
+
+def test_a_lora_trained_on_a_test_image_stops_the_evaluation(evaluated, tmp_path):
+    from eval.arms import LeakageError
+
+    _, out = evaluated
+    folder = out.parent.parent
+    lora = folder / "leaky-lora"
+    lora.mkdir(exist_ok=True)
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (lora / "training.json").write_text(json.dumps({"images": ["real/test-opacity-0.png"]}))
+    data = base_spec(folder / "model")
+    data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
+    data["classes"]["opacity"]["lora"] = {"path": str(lora)}
+    data["eval"] = {"enabled": True, "image_size": 32, "epochs": 1, "repeats": 1}
+    spec = load_spec(write_spec(folder, data, "leaky.yaml"))
+    with pytest.raises(LeakageError, match=r"test image real/test-opacity-0.png trained a LoRA"):
+        evaluate(spec, folder / "run", show_progress=False)
