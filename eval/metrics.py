@@ -6,6 +6,7 @@ images; the same resamples serve every arm, so differences between arms are pair
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,15 +68,15 @@ def summarise_auc(labels: np.ndarray, runs: Sequence[np.ndarray], boot: np.ndarr
     """AUROC of an arm's repeats (each an (n, classes) score array on the same test images);
     `boot` is bootstrap_aucs of the same runs."""
     per_run = np.stack([class_aucs(labels, scores) for scores in runs])
-    macro_per_run = np.nanmean(per_run, axis=1)
-    repeat_mean = np.nanmean(boot, axis=0)  # (classes, resamples)
+    macro_per_run = _nanmean(per_run, axis=1)
+    repeat_mean = _nanmean(boot, axis=0)  # (classes, resamples)
     return AucSummary(
         per_class_mean=per_run.mean(axis=0),
         per_class_std=per_run.std(axis=0),
-        per_class_ci95=np.nanpercentile(repeat_mean, [2.5, 97.5], axis=1).T,
+        per_class_ci95=_nanpercentile(repeat_mean, [2.5, 97.5], axis=1).T,
         macro_mean=float(macro_per_run.mean()),
         macro_std=float(macro_per_run.std()),
-        macro_ci95=tuple(np.nanpercentile(np.nanmean(repeat_mean, axis=0), [2.5, 97.5]).tolist()),
+        macro_ci95=tuple(_nanpercentile(_nanmean(repeat_mean, axis=0), [2.5, 97.5]).tolist()),
     )
 
 
@@ -91,15 +92,15 @@ def paired_delta(
     with a bootstrap 95% CI over the same resamples. `which` is one class; None is macro."""
 
     def pick(aucs: np.ndarray) -> np.ndarray:
-        return np.nanmean(aucs, axis=-2) if which is None else aucs[..., which, :]
+        return _nanmean(aucs, axis=-2) if which is None else aucs[..., which, :]
 
     point = [
         class_aucs(labels, a) - class_aucs(labels, b)
         for a, b in zip(runs, baseline_runs, strict=True)
     ]
-    point_delta = np.nanmean([np.nanmean(d) if which is None else d[which] for d in point])
-    boot_delta = np.nanmean(pick(boot) - pick(baseline_boot), axis=0)
-    return float(point_delta), tuple(np.nanpercentile(boot_delta, [2.5, 97.5]).tolist())
+    point_delta = _nanmean([_nanmean(d) if which is None else d[which] for d in point])
+    boot_delta = _nanmean(pick(boot) - pick(baseline_boot), axis=0)
+    return float(point_delta), tuple(_nanpercentile(boot_delta, [2.5, 97.5]).tolist())
 
 
 def youden_threshold(positives: np.ndarray, scores: np.ndarray) -> float:
@@ -150,12 +151,27 @@ class Memorisation:
 def memorisation(
     synthetic_features: np.ndarray, training_features: np.ndarray, threshold: float
 ) -> Memorisation:
-    """Nearest-neighbour cosine similarity from each synthetic image to the training images."""
-    a = synthetic_features / np.maximum(
-        np.linalg.norm(synthetic_features, axis=1, keepdims=True), 1e-12
-    )
-    b = training_features / np.maximum(
-        np.linalg.norm(training_features, axis=1, keepdims=True), 1e-12
-    )
+    """Nearest-neighbour cosine similarity from each synthetic image to the training images.
+
+    Features are centred on the training mean first: CNN features after ReLU and pooling are
+    all positive, so raw cosine similarity sits near 1 for any pair and would flag everything.
+    """
+    centre = training_features.mean(axis=0, keepdims=True)
+    a, b = synthetic_features - centre, training_features - centre
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     similarity = a @ b.T
     return Memorisation(threshold, similarity.max(axis=1), similarity.argmax(axis=1))
+
+
+def _nanmean(values, axis=None):
+    # A resample that lacks a class has a NaN AUC by design; an all-NaN slice stays NaN.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def _nanpercentile(values, q, axis=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(values, q, axis=axis)

@@ -91,3 +91,44 @@ def test_console_script_is_installed():
         [Path(sys.executable).parent / "synth", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("synth ")
+
+
+@pytest.mark.slow
+def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
+    tmp_path: Path, small_model: Path, small_lora: Path, capsys
+):
+    """The whole mission on CPU: spec -> plan -> generate -> shards -> evaluate -> report."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "real").mkdir()
+    rows = []
+    for split, n in (("train", 4), ("val", 3), ("test", 3)):
+        for label in ("opacity", "normal"):
+            for i in range(n):
+                name = f"real/{split}-{label}-{i}.png"
+                Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(
+                    tmp_path / name
+                )
+                rows.append({"path": name, "label": label, "split": split})
+    pd.DataFrame(rows).to_csv(tmp_path / "real.csv", index=False)
+    data = base_spec(small_model, small_lora)
+    data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
+    data["target"] = {"synthetic": {"opacity": 4, "normal": 2}}
+    data["eval"] = {"enabled": True, "image_size": 32, "epochs": 1, "repeats": 1, "bootstrap": 50,
+                    "synthetic_fractions": [1.0], "fid": ["classifier"]}  # fmt: skip
+    data["output"]["dir"] = "out"
+    assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 0
+    printed = capsys.readouterr().out
+    assert "count-matched control" in printed and "report:" in printed
+    metrics = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    assert [a["name"] for a in metrics["arms"]] == [
+        "real",
+        "real+synth@1",
+        "real+dup",
+        "synth",
+        "synth->real",
+    ]
+    assert metrics["fid"] and (tmp_path / "out" / "eval" / "report.html").is_file()
+    assert main(["eval", str(tmp_path / "out")]) == 0  # and again from the run folder alone

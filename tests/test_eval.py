@@ -221,3 +221,16 @@ def test_a_lora_trained_on_a_test_image_stops_the_evaluation(evaluated, tmp_path
     spec = load_spec(write_spec(folder, data, "leaky.yaml"))
     with pytest.raises(LeakageError, match=r"test image real/test-opacity-0.png trained a LoRA"):
         evaluate(spec, folder / "run", show_progress=False)
+
+
+def test_memorisation_flags_copies_but_not_look_alikes():
+    from eval.metrics import memorisation
+
+    rng = np.random.default_rng(0)
+    training = np.abs(rng.normal(1.0, 0.3, (50, 64)))  # all positive, like pooled ReLU features
+    fresh = np.abs(rng.normal(1.0, 0.3, (20, 64)))
+    copies = training[:3] + rng.normal(0, 0.01, (3, 64))
+    result = memorisation(np.vstack([fresh, copies]), training, threshold=0.95)
+    assert result.n_flagged == 3
+    assert list(result.nearest[-3:]) == [0, 1, 2]
+    assert result.closest(1)[0][2] > 0.95 > result.similarities[:20].max()
