@@ -14,13 +14,17 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from classifiers.data import LabelledImage
 from synth.errors import SynthError
 
 REAL, CONTROL, SYNTH_ONLY, PRETRAIN = "real", "real+dup", "synth", "synth->real"
+# IU image ids in any layout: CXR1_1_IM-0001-3001.png, CXR1_IM-0001-3001.png, 1_IM-0001-3001.dcm.png
+_IU_IMAGE_ID = re.compile(r"^(?:CXR)?(\d+)_(?:\d+_)?(IM-[\d-]+)")
 
 
 class LeakageError(SynthError):
@@ -58,7 +62,8 @@ def build_arms(
     arms = [Arm(REAL, tuple(real_train))]
     if not synthetic:
         return arms
-    for fraction in sorted(fractions):
+    # The control is matched to real+synth@1, so that arm always exists; duplicates would merge.
+    for fraction in sorted(set(fractions) | {1.0}):
         chosen = [
             s for c in range(num_classes) for s in by_class[c][: round(len(by_class[c]) * fraction)]
         ]
@@ -101,27 +106,51 @@ def _duplicates(
     return copies
 
 
+def image_identities(source: Path | bytes | str) -> set[str]:
+    """What identifies a real image across copies: the sha256 of its bytes, and for IU images
+    the image id (so a LoRA trained on prepared images matches the raw test files too)."""
+    identities = set()
+    if isinstance(source, bytes):
+        return {f"sha256:{hashlib.sha256(source).hexdigest()}"}
+    path = Path(source)
+    if path.is_file():
+        identities.add(f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}")
+    match = _IU_IMAGE_ID.match(path.name)
+    if match:
+        identities.add(f"iu:{match.group(1)}_{match.group(2)}")
+    return identities
+
+
 def assert_no_leakage(
-    test: Iterable[LabelledImage], arms: Sequence[Arm], adapter_training_images: Iterable[str] = ()
+    test: Iterable[LabelledImage], arms: Sequence[Arm], adapter_identities: set[str] = frozenset()
 ) -> None:
-    """Refuse to evaluate if a test image trained a classifier or a LoRA."""
-    test_keys = {item.key for item in test}
+    """Refuse to evaluate if a test image trained a classifier or a LoRA, by id, by content
+    (the same file under two names) or by IU image id."""
+    test = list(test)
+    owner = {identity: item.key for item in test for identity in image_identities(item.source)}
+    owner.update({item.key: item.key for item in test})
+    real_training: dict[Path, str] = {}  # each real file once, whichever arms use it
     for arm in arms:
         for item in (*arm.train, *arm.pretrain):
-            if item.key.split("#dup")[0] in test_keys:
-                raise LeakageError(
-                    f"test image {item.key} is in the training set of arm {arm.name}; the test "
-                    "split must never be trained on: fix the manifest's split column"
-                )
-    test_names = {_tail(key) for key in test_keys}
-    for image in adapter_training_images:
-        if _tail(image) in test_names:
-            raise LeakageError(
-                f"test image {image} trained a LoRA (its training.json lists it); retrain the "
-                "adapter on the train split only"
-            )
+            base_key = item.key.split("#dup")[0]
+            if base_key in owner:
+                _refuse_arm(owner[base_key], arm.name)
+            if isinstance(item.source, Path):
+                real_training.setdefault(item.source, arm.name)
+    for source, arm_name in real_training.items():
+        shared = image_identities(source) & owner.keys()
+        if shared:
+            _refuse_arm(owner[shared.pop()], arm_name)
+    leaked = adapter_identities & owner.keys()
+    if leaked:
+        raise LeakageError(
+            f"test image {owner[sorted(leaked)[0]]} trained a LoRA (its training.json lists "
+            "it); retrain the adapter on the train split only"
+        )
 
 
-def _tail(path: str) -> str:
-    """Compare real images by their last two path parts (folder/name), whatever the root."""
-    return "/".join(path.replace("\\", "/").split("/")[-2:])
+def _refuse_arm(test_key: str, arm_name: str) -> None:
+    raise LeakageError(
+        f"test image {test_key} is in the training set of arm {arm_name}; the test split must "
+        "never be trained on: fix the manifest's split column"
+    )

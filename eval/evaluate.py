@@ -24,14 +24,26 @@ from classifiers.train import (
     predict_scores,
     train_classifier,
 )
-from eval.arms import PRETRAIN, REAL, Arm, assert_no_leakage, build_arms
+from eval.arms import (
+    CONTROL,
+    PRETRAIN,
+    REAL,
+    Arm,
+    LeakageError,
+    assert_no_leakage,
+    build_arms,
+    image_identities,
+    synth_arm_name,
+)
 from eval.fid import ClassifierFeatures, distance, inception_weights
 from eval.metrics import (
     bootstrap_aucs,
     bootstrap_indices,
     label_fidelity,
+    label_fidelity_at_thresholds,
     memorisation,
     paired_delta,
+    repeat_draws,
     sensitivity_specificity,
     summarise_auc,
     youden_threshold,
@@ -65,7 +77,7 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
     arms = build_arms(
         data.train, data.synthetic, num_classes, settings.synthetic_fractions, spec.seed
     )
-    assert_no_leakage(data.test, arms, data.adapter_images)
+    assert_no_leakage(data.test, arms, set(data.adapter_images))
 
     test_labels = np.array([item.label for item in data.test])
     val_labels = np.array([item.label for item in data.val])
@@ -91,12 +103,28 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
     assert real_only is not None
 
     resamples = bootstrap_indices(len(test_labels), settings.bootstrap, spec.seed)
+    draws = repeat_draws(settings.repeats, settings.bootstrap, spec.seed)
     boot = {
         name: bootstrap_aucs(test_labels, arm_runs, resamples) for name, arm_runs in runs.items()
     }
+
+    def delta(arm_name: str, baseline: str, which: int | None = None) -> dict:
+        mean, ci = paired_delta(
+            test_labels,
+            runs[arm_name],
+            runs[baseline],
+            boot[arm_name],
+            boot[baseline],
+            draws,
+            which,
+        )
+        return {"mean": _num(mean), "ci95": [_num(v) for v in ci]}
+
+    no_difference = {"mean": 0.0, "ci95": [0.0, 0.0]}
+    full_synthetic = synth_arm_name(1.0)
     arm_metrics = []
     for arm in arms:
-        summary = summarise_auc(test_labels, runs[arm.name], boot[arm.name])
+        summary = summarise_auc(test_labels, runs[arm.name], boot[arm.name], draws)
         per_class = {}
         for c, label in enumerate(data.classes):
             thresholds = [youden_threshold(val_labels == c, v[:, c]) for v in val_runs[arm.name]]
@@ -104,26 +132,17 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
                 sensitivity_specificity(test_labels == c, r[:, c], t)
                 for r, t in zip(runs[arm.name], thresholds, strict=True)
             ]
-            delta = (
-                paired_delta(
-                    test_labels, runs[arm.name], runs[REAL], boot[arm.name], boot[REAL], which=c
-                )
-                if arm.name != REAL
-                else (0.0, (0.0, 0.0))
-            )
             per_class[label] = {
                 "auc_mean": _num(summary.per_class_mean[c]),
                 "auc_std": _num(summary.per_class_std[c]),
                 "ci95": [_num(v) for v in summary.per_class_ci95[c]],
+                "ci95_per_run": [[_num(v) for v in run[c]] for run in summary.per_run_ci95],
                 "sensitivity": _num(np.mean([s for s, _ in rates])),
                 "specificity": _num(np.mean([p for _, p in rates])),
-                "delta_vs_real": {"mean": _num(delta[0]), "ci95": [_num(v) for v in delta[1]]},
+                "delta_vs_real": delta(arm.name, REAL, c) if arm.name != REAL else no_difference,
             }
-        macro_delta = (
-            paired_delta(test_labels, runs[arm.name], runs[REAL], boot[arm.name], boot[REAL])
-            if arm.name != REAL
-            else (0.0, (0.0, 0.0))
-        )
+            if arm.name == full_synthetic and CONTROL in runs:
+                per_class[label]["delta_vs_control"] = delta(arm.name, CONTROL, c)
         arm_metrics.append(
             {
                 "name": arm.name,
@@ -137,16 +156,13 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
                 "auc_macro_std": _num(summary.macro_std),
                 "auc_macro_ci95": [_num(v) for v in summary.macro_ci95],
                 "per_class": per_class,
-                "delta_vs_real": {
-                    "mean": _num(macro_delta[0]),
-                    "ci95": [_num(v) for v in macro_delta[1]],
-                },
+                "delta_vs_real": delta(arm.name, REAL) if arm.name != REAL else no_difference,
             }
         )
 
     train_settings = _train_settings(spec, seed=spec.seed)
     fid_rows, fid_notes = _fid_table(spec, data, real_only, train_settings)
-    fidelity, memo, memo_pairs = {}, None, []
+    fidelity, fidelity_at_thresholds, memo, memo_pairs, reference_name = {}, {}, None, [], ""
     if data.synthetic:
         synthetic_scores = predict_scores(real_only.model, data.synthetic, train_settings)
         synthetic_labels = np.array([s.label for s in data.synthetic])
@@ -154,9 +170,15 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
         thresholds = [youden_threshold(val_labels == c, real_val[:, c]) for c in range(num_classes)]
         fidelity = {
             data.classes[c]: share
-            for c, share in label_fidelity(synthetic_labels, synthetic_scores, thresholds).items()
+            for c, share in label_fidelity(synthetic_labels, synthetic_scores).items()
         }
-        reference = _memorisation_reference(data)
+        fidelity_at_thresholds = {
+            data.classes[c]: share
+            for c, share in label_fidelity_at_thresholds(
+                synthetic_labels, synthetic_scores, thresholds
+            ).items()
+        }
+        reference, reference_name = _memorisation_reference(data)
         memo = memorisation(
             extract_features(real_only.model, data.synthetic, train_settings),
             extract_features(real_only.model, reference, train_settings),
@@ -173,6 +195,8 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
         fid=fid_rows,
         fid_notes=fid_notes,
         label_fidelity=fidelity,
+        label_fidelity_at_thresholds=fidelity_at_thresholds,
+        memorisation_reference=reference_name,
         memorisation=memo,
         memorisation_pairs=memo_pairs,
         real_counts={c: sum(i.label == k for i in data.train) for k, c in enumerate(data.classes)},
@@ -192,9 +216,37 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
     return result
 
 
+def check_can_evaluate(spec: Spec) -> None:
+    """The cheap checks an evaluation depends on, for `synth run` to make before generating:
+    real images with every class in val and test, and LoRA training records."""
+    _real_images_by_split(spec)
+    _adapter_images(spec)
+
+
 def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
     classes = spec.labels
     index = {label: i for i, label in enumerate(classes)}
+    by_split: dict[str, list[LabelledImage]] = {split: [] for split in SPLITS}
+    unreadable = 0
+    for split, images in _real_images_by_split(spec).items():
+        for image in images:
+            try:
+                with Image.open(image.path) as opened:
+                    opened.verify()
+            except (OSError, ValueError, SyntaxError):
+                unreadable += 1  # skipped and counted in the report, never a crash mid-run
+                continue
+            by_split[split].append(LabelledImage(image.image_id, image.path, index[image.label]))
+    _require_every_class(by_split, index, "after skipping unreadable images")
+    synthetic, rows = _read_synthetic(run_dir, index)
+    return EvalData(
+        classes, by_split["train"], by_split["val"], by_split["test"], synthetic, rows, unreadable,
+        _adapter_images(spec),
+    )  # fmt: skip
+
+
+def _real_images_by_split(spec: Spec) -> dict[str, list]:
+    index = {label: i for i, label in enumerate(spec.labels)}
     real = [image for image in read_real_images(spec) if image.label in index]
     if not real:
         raise SourceError(
@@ -206,27 +258,29 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
             "evaluation needs a train/val/test split for every real image; add a split column "
             "to the manifest (synth data prepare writes one)"
         )
-    by_split: dict[str, list[LabelledImage]] = {split: [] for split in SPLITS}
-    unreadable = 0
-    for image in sorted(real, key=lambda r: r.image_id):
-        try:
-            with Image.open(image.path) as opened:
-                opened.verify()
-        except (OSError, ValueError, SyntaxError):
-            unreadable += 1  # skipped and counted in the report, never a crash mid-run
-            continue
-        by_split[image.split].append(LabelledImage(image.image_id, image.path, index[image.label]))
+    by_split = {
+        split: sorted((r for r in real if r.split == split), key=lambda r: r.image_id)
+        for split in SPLITS
+    }
+    _require_every_class(
+        {
+            split: [LabelledImage(r.image_id, r.path, index[r.label]) for r in images]
+            for split, images in by_split.items()
+        },
+        index,
+        "",
+    )
+    return by_split
+
+
+def _require_every_class(by_split: dict, index: dict[str, int], when: str) -> None:
     for split in ("val", "test"):
         missing = [c for c, i in index.items() if not any(x.label == i for x in by_split[split])]
         if missing:
             raise SourceError(
-                f"the {split} split has no real image of {missing}; AUC needs every class there"
+                f"the {split} split has no real image of {missing}{' ' + when if when else ''}; "
+                "AUC needs every class there"
             )
-    synthetic, rows = _read_synthetic(run_dir, index)
-    return EvalData(
-        classes, by_split["train"], by_split["val"], by_split["test"], synthetic, rows, unreadable,
-        _adapter_images(spec),
-    )  # fmt: skip
 
 
 def _read_synthetic(run_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
@@ -246,29 +300,43 @@ def _read_synthetic(run_dir: Path, index: dict[str, int]) -> tuple[list[Labelled
 
 
 def _adapter_images(spec: Spec) -> list[str]:
-    """Images the spec's LoRAs were trained on, from the training.json beside each adapter."""
-    images = []
-    for cls in spec.classes.values():
+    """Identities of the images the spec's LoRAs trained on, from the training.json that
+    `synth train-lora` writes beside each adapter. Without one, the test split cannot be shown
+    to be clean, so the evaluation refuses unless the spec says otherwise."""
+    identities: list[str] = []
+    for label, cls in spec.classes.items():
         if cls.lora is None:
             continue
         folder = cls.lora.path if cls.lora.path.is_dir() else cls.lora.path.parent
-        record = folder / "training.json"
-        if record.is_file():
-            try:
-                images.extend(json.loads(record.read_text())["images"])
-            except (OSError, json.JSONDecodeError, KeyError) as err:
-                raise SynthError(f"{record}: unreadable LoRA training record ({err})") from None
-    return images
+        record_path = folder / "training.json"
+        if not record_path.is_file():
+            if spec.eval.allow_unverified_lora:
+                continue
+            raise LeakageError(
+                f"classes.{label}.lora: {folder} has no training.json, so nothing shows its "
+                "training images excluded the test split; train it with `synth train-lora`, or "
+                "set eval.allow_unverified_lora: true to evaluate anyway"
+            )
+        try:
+            record = json.loads(record_path.read_text())
+            images = record["images"]
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            raise SynthError(f"{record_path}: unreadable LoRA training record ({err})") from None
+        base = Path(record.get("manifest", str(record_path))).parent
+        for image in images:
+            identities.extend(image_identities(base / image))
+    return identities
 
 
-def _memorisation_reference(data: EvalData) -> list[LabelledImage]:
-    """The LoRA's own training images when recorded, else the real train split."""
+def _memorisation_reference(data: EvalData) -> tuple[list[LabelledImage], str]:
+    """The images the LoRAs trained on when their training.json names them, else the real
+    train split; the second value says which, for the report."""
     if data.adapter_images:
-        wanted = {"/".join(p.split("/")[-2:]) for p in data.adapter_images}
-        chosen = [i for i in data.train if "/".join(str(i.source).split("/")[-2:]) in wanted]
+        wanted = set(data.adapter_images)
+        chosen = [i for i in data.train if image_identities(i.source) & wanted]
         if chosen:
-            return chosen
-    return data.train
+            return chosen, "the images the LoRA trained on (from its training.json)"
+    return data.train, "the real train split (no LoRA training record found)"
 
 
 def _train_settings(spec: Spec, seed: int) -> TrainSettings:
@@ -307,30 +375,53 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
             notes.append(f"FID (inception) skipped: {reason}")
         else:
             extractors["inception"] = weights
-    real_pool = data.train + data.val + data.test
     rng = np.random.default_rng(spec.seed)
     for name, extractor in extractors.items():
         for c, label in [(None, "all"), *enumerate(data.classes)]:
             real = [i for i in data.test if c is None or i.label == c]
             synthetic = [s for s in data.synthetic if c is None or s.label == c]
-            pool = [i for i in real_pool if c is None or i.label == c]
-            if min(len(real), len(synthetic)) < 2 or len(pool) < 4:
+            if c is None:
+                synthetic = _match_class_mix(synthetic, real, rng)
+            # The floor compares two disjoint real sets of the same sizes as the real and
+            # synthetic sets, as far as the real images allow: FID's bias depends on n.
+            pool = [i for i in data.train + data.val + data.test if c is None or i.label == c]
+            pool = [pool[i] for i in rng.permutation(len(pool))]
+            share = len(real) / max(len(real) + len(synthetic), 1)
+            n_a = min(len(real), round(len(pool) * share))
+            n_b = min(len(synthetic), len(pool) - n_a)
+            if min(len(real), len(synthetic), n_a, n_b) < 2:
                 notes.append(f"FID ({name}) for {label}: too few images")
                 continue
-            shuffled = [pool[i] for i in rng.permutation(len(pool))]
-            half = len(shuffled) // 2
             floor = distance(
-                _tensor(shuffled[:half], settings), _tensor(shuffled[half:], settings), extractor
+                _tensor(pool[:n_a], settings), _tensor(pool[n_a : n_a + n_b], settings), extractor
             )
             value = distance(_tensor(real, settings), _tensor(synthetic, settings), extractor)
             rows.append(
                 {
-                    "class": label, "extractor": name, "value": value.fid, "kid": value.kid,
-                    "n_real": value.n_real, "n_synthetic": value.n_synthetic, "floor": floor.fid,
+                    "class": label, "extractor": name, "value": _num(value.fid),
+                    "kid": _num(value.kid), "n_real": value.n_real,
+                    "n_synthetic": value.n_synthetic, "floor": _num(floor.fid),
                     "floor_n": [floor.n_real, floor.n_synthetic],
                 }
             )  # fmt: skip
     return rows, notes
+
+
+def _match_class_mix(
+    synthetic: list[LabelledImage], real: list[LabelledImage], rng: np.random.Generator
+) -> list[LabelledImage]:
+    """Subsample synthetic images to the real set's class proportions, so the overall FID
+    measures image quality rather than a difference in class balance."""
+    classes = sorted({i.label for i in real})
+    by_class = {c: [s for s in synthetic if s.label == c] for c in classes}
+    real_share = {c: sum(i.label == c for i in real) / len(real) for c in classes}
+    scale = min((len(by_class[c]) / real_share[c] for c in classes if real_share[c]), default=0)
+    chosen = []
+    for c in classes:
+        images = by_class[c]
+        take = min(len(images), int(scale * real_share[c]))
+        chosen += [images[i] for i in sorted(rng.permutation(len(images))[:take])]
+    return chosen
 
 
 def _tensor(items: list[LabelledImage], settings: TrainSettings) -> torch.Tensor:

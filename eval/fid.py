@@ -41,8 +41,11 @@ class ClassifierFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # torchmetrics passes floats in [0, 1]; the classifier was trained on (x - 0.5) / 0.5.
-        return penultimate_features(self.classifier, (images[:, :1] - 0.5) / 0.5).double()
+        # torchmetrics passes floats in [0, 1]; the classifier was trained on (x - 0.5) / 0.5,
+        # on whatever device it lives on.
+        device = next(self.classifier.parameters()).device
+        normalised = (images[:, :1].to(device) - 0.5) / 0.5
+        return penultimate_features(self.classifier, normalised).double().cpu()
 
 
 def inception_weights(configured: Path | None) -> tuple[Path | None, str]:

@@ -29,6 +29,18 @@ def bootstrap_indices(n: int, rounds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
 
 
+def repeat_draws(repeats: int, rounds: int, seed: int) -> np.ndarray:
+    """For each bootstrap round, which repeats (seeds) it averages, drawn with replacement, so
+    CIs carry seed-to-seed variance as well as test-set variance."""
+    return np.random.default_rng(seed + 1).integers(0, repeats, size=(rounds, repeats))
+
+
+def _repeat_mean(boot: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """(runs, classes, rounds) -> (classes, rounds): round b averages the runs draws[b] picks."""
+    rounds = np.arange(boot.shape[2])
+    return _nanmean(boot[draws.T, :, rounds].transpose(0, 2, 1), axis=0)
+
+
 def bootstrap_aucs(
     labels: np.ndarray, runs: Sequence[np.ndarray], resamples: np.ndarray
 ) -> np.ndarray:
@@ -59,21 +71,25 @@ class AucSummary:
     per_class_mean: np.ndarray  # over repeats
     per_class_std: np.ndarray
     per_class_ci95: np.ndarray  # (classes, 2): bootstrap of the repeat-mean
+    per_run_ci95: np.ndarray  # (runs, classes, 2): each run's own bootstrap CI
     macro_mean: float
     macro_std: float
     macro_ci95: tuple[float, float]
 
 
-def summarise_auc(labels: np.ndarray, runs: Sequence[np.ndarray], boot: np.ndarray) -> AucSummary:
+def summarise_auc(
+    labels: np.ndarray, runs: Sequence[np.ndarray], boot: np.ndarray, draws: np.ndarray
+) -> AucSummary:
     """AUROC of an arm's repeats (each an (n, classes) score array on the same test images);
-    `boot` is bootstrap_aucs of the same runs."""
+    `boot` is bootstrap_aucs of the same runs, `draws` from repeat_draws."""
     per_run = np.stack([class_aucs(labels, scores) for scores in runs])
     macro_per_run = _nanmean(per_run, axis=1)
-    repeat_mean = _nanmean(boot, axis=0)  # (classes, resamples)
+    repeat_mean = _repeat_mean(boot, draws)  # (classes, rounds)
     return AucSummary(
         per_class_mean=per_run.mean(axis=0),
         per_class_std=per_run.std(axis=0),
         per_class_ci95=_nanpercentile(repeat_mean, [2.5, 97.5], axis=1).T,
+        per_run_ci95=_nanpercentile(boot, [2.5, 97.5], axis=2).transpose(1, 2, 0),
         macro_mean=float(macro_per_run.mean()),
         macro_std=float(macro_per_run.std()),
         macro_ci95=tuple(_nanpercentile(_nanmean(repeat_mean, axis=0), [2.5, 97.5]).tolist()),
@@ -86,20 +102,22 @@ def paired_delta(
     baseline_runs: Sequence[np.ndarray],
     boot: np.ndarray,
     baseline_boot: np.ndarray,
+    draws: np.ndarray,
     which: int | None = None,
 ) -> tuple[float, tuple[float, float]]:
     """Mean AUROC difference against the baseline arm, repeat r against repeat r (same seeds),
-    with a bootstrap 95% CI over the same resamples. `which` is one class; None is macro."""
+    with a bootstrap 95% CI over the same test resamples and repeat draws. `which` is one
+    class; None is the macro average."""
 
     def pick(aucs: np.ndarray) -> np.ndarray:
-        return _nanmean(aucs, axis=-2) if which is None else aucs[..., which, :]
+        return _nanmean(aucs, axis=0) if which is None else aucs[which]
 
     point = [
         class_aucs(labels, a) - class_aucs(labels, b)
         for a, b in zip(runs, baseline_runs, strict=True)
     ]
     point_delta = _nanmean([_nanmean(d) if which is None else d[which] for d in point])
-    boot_delta = _nanmean(pick(boot) - pick(baseline_boot), axis=0)
+    boot_delta = pick(_repeat_mean(boot - baseline_boot, draws))
     return float(point_delta), tuple(_nanpercentile(boot_delta, [2.5, 97.5]).tolist())
 
 
@@ -120,12 +138,22 @@ def sensitivity_specificity(
     return float(sensitivity), float(specificity)
 
 
-def label_fidelity(
+def label_fidelity(synthetic_labels: np.ndarray, synthetic_scores: np.ndarray) -> dict[int, float]:
+    """Per class c: the share of its synthetic images that a real-only classifier assigns to c
+    (its highest-scoring class)."""
+    predicted = synthetic_scores.argmax(axis=1)
+    return {
+        c: float((predicted[synthetic_labels == c] == c).mean())
+        for c in range(synthetic_scores.shape[1])
+        if (synthetic_labels == c).any()
+    }
+
+
+def label_fidelity_at_thresholds(
     synthetic_labels: np.ndarray, synthetic_scores: np.ndarray, thresholds: Sequence[float]
 ) -> dict[int, float]:
-    """Per class c: the share of its synthetic images that a real-only classifier assigns to c,
-    at the operating point chosen on real validation data (not argmax, which an uncalibrated
-    classifier can bias toward the common class)."""
+    """The same share at each class's validation-chosen threshold: unlike argmax, it does not
+    depend on how well the classifier's scores are calibrated."""
     return {
         c: float((synthetic_scores[synthetic_labels == c, c] >= thresholds[c]).mean())
         for c in range(synthetic_scores.shape[1])

@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from sklearn.metrics import roc_curve
 
 from classifiers.data import LabelledImage, load_gray
@@ -38,6 +40,8 @@ class EvalResult:
     fid: list[dict]
     fid_notes: list[str]
     label_fidelity: dict[str, float]
+    label_fidelity_at_thresholds: dict[str, float]
+    memorisation_reference: str
     memorisation: Any
     memorisation_pairs: list
     real_counts: dict[str, int]
@@ -64,6 +68,13 @@ def write_outputs(result: EvalResult, out: Path) -> None:
     figures = {"roc": _roc_figure(result), "auc_vs_fraction": _fraction_figure(result)}
     if result.memorisation is not None:
         figures["memorisation"] = _memorisation_figure(result)
+        figures["memorisation-pairs"] = _strip(
+            [img for pair in result.memorisation_pairs for img in pair[:2]]
+        )
+    for i in range(len(result.classes)):
+        real = [x for x in result.real_examples if x.label == i][:4]
+        synthetic = [x for x in result.synthetic_examples if x.label == i][:4]
+        figures[f"samples-{i}"] = _strip(real + synthetic)
     for name, png in figures.items():
         with output_errors(out / f"{name}.png"):
             (out / f"{name}.png").write_bytes(png)
@@ -78,7 +89,9 @@ def metrics_json(result: EvalResult) -> dict:
         "fid": result.fid,
         "fid_notes": result.fid_notes,
         "label_fidelity": result.label_fidelity,
+        "label_fidelity_at_val_threshold": result.label_fidelity_at_thresholds,
         "memorization": {
+            "reference": result.memorisation_reference,
             "threshold": memo.threshold if memo else None,
             "n_flagged": memo.n_flagged if memo else 0,
             "max_similarity": float(memo.similarities.max()) if memo is not None else None,
@@ -111,49 +124,69 @@ def predictions_table(result: EvalResult) -> pa.Table:
 
 
 def verdicts(result: EvalResult) -> list[str]:
-    """One plain sentence per class that has synthetic images."""
+    """One plain sentence per class that has synthetic images: the full synthetic arm against
+    real, then against the count-matched control, each with its paired 95% CI."""
     arms = {arm["name"]: arm for arm in result.arms}
-    fractions = sorted(a["synthetic_fraction"] for a in result.arms if a["synthetic_fraction"])
-    if not fractions:
+    full = arms.get(synth_arm_name(1.0))
+    if full is None:
         return ["No synthetic images were evaluated: only the real arm ran."]
-    full = arms[synth_arm_name(fractions[-1])]
-    control = arms.get(CONTROL)
     sentences = []
     for label in result.classes:
         if not result.synthetic_counts.get(label):
             continue
-        delta = full["per_class"][label]["delta_vs_real"]
-        low, high = delta["ci95"]
-        effect = (
-            "helped"
-            if low is not None and low > 0
-            else "hurt"
-            if high is not None and high < 0
-            else "did not help"
-        )
+        stats = full["per_class"][label]
+        vs_real, vs_control = stats["delta_vs_real"], stats.get("delta_vs_control")
         sentence = (
-            f"Synthetic data {effect} class {label}: {full['name']} changed its AUC by "
-            f"{_signed(delta['mean'])} (95% CI {_signed(low)} to {_signed(high)})"
+            f"Synthetic data {_effect(vs_real)} class {label}: {full['name']} changed its AUC by "
+            f"{_signed(vs_real['mean'])} (95% CI {_ci(vs_real)}) against real only"
         )
-        if control:
-            c_delta = control["per_class"][label]["delta_vs_real"]
+        if vs_control:
+            control = arms[CONTROL]["per_class"][label]["delta_vs_real"]
+            comparison = {
+                "helped": "beat",
+                "hurt": "fell short of",
+                "did not help": "did no better than",
+            }
             sentence += (
-                f", vs a count-matched control (duplicated real images) of {_signed(c_delta['mean'])} "
-                f"(95% CI {_signed(c_delta['ci95'][0])} to {_signed(c_delta['ci95'][1])})"
+                f", and {comparison[_effect(vs_control)]} a count-matched control of duplicated real "
+                f"images by {_signed(vs_control['mean'])} (95% CI {_ci(vs_control)}; the control "
+                f"itself moved AUC by {_signed(control['mean'])})"
             )
-            if (
-                c_delta["mean"] is not None
-                and delta["mean"] is not None
-                and c_delta["mean"] >= delta["mean"]
-            ):
-                sentence += "; the control did as well or better"
-                if delta["mean"] > 0:
-                    sentence += ", so more samples, not synthetic content, explain the gain"
         real_auc = arms[REAL]["per_class"][label]["auc_mean"]
         if real_auc is not None and real_auc >= 0.999:
             sentence += "; real data alone already scores AUC 1.0 here, so no arm can show a gain"
         sentences.append(sentence + ".")
     return sentences
+
+
+def _effect(delta: dict) -> str:
+    low, high = delta["ci95"]
+    if low is not None and low > 0:
+        return "helped"
+    if high is not None and high < 0:
+        return "hurt"
+    return "did not help"
+
+
+def _ci(delta: dict) -> str:
+    return f"{_signed(delta['ci95'][0])} to {_signed(delta['ci95'][1])}"
+
+
+def _fidelity_table(result: EvalResult) -> tuple[list[str], list[list]]:
+    rows = [
+        [c, _f(share), _f(result.label_fidelity_at_thresholds.get(c))]
+        for c, share in result.label_fidelity.items()
+    ]
+    return ["class", "share (highest score)", "share (validation threshold)"], rows
+
+
+def _distribution_table(result: EvalResult) -> tuple[list[str], list[list]]:
+    rows = [
+        [c, result.real_counts[c], result.synthetic_counts.get(c, 0),
+         result.real_counts[c] + result.synthetic_counts.get(c, 0)]
+        for c in result.classes
+    ]  # fmt: skip
+    return ["class", "real (train)", "synthetic", "after"], rows
 
 
 def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
@@ -171,18 +204,7 @@ def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
         "on. Lower FID did not predict downstream gains in published work; weigh AUC against the "
         "count-matched control first.</p>",
         "<h2>Class distribution</h2>",
-        _html_table(
-            ["class", "real (train)", "synthetic", "after"],
-            [
-                [
-                    c,
-                    result.real_counts[c],
-                    result.synthetic_counts.get(c, 0),
-                    result.real_counts[c] + result.synthetic_counts.get(c, 0),
-                ]
-                for c in result.classes
-            ],
-        ),
+        _html_table(*_distribution_table(result)),
         "<h2>AUC per arm</h2>",
         _html_table(*_arm_table(result)),
         f"<img alt='ROC curves' src='data:image/png;base64,{_b64(figures['roc'])}'>",
@@ -191,10 +213,9 @@ def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
         _html_table(*_fid_table(result)),
         "".join(f"<p>{e(note)}</p>" for note in result.fid_notes),
         "<h2>Label fidelity</h2><p>The share of each class's synthetic images that a classifier "
-        "trained on real data only assigns to that class.</p>",
-        _html_table(
-            ["class", "share"], [[c, f"{s:.3f}"] for c, s in result.label_fidelity.items()]
-        ),
+        "trained on real data only assigns to that class: by its highest score, and at the "
+        "operating point chosen on real validation data (which does not depend on calibration).</p>",
+        _html_table(*_fidelity_table(result)),
         "<h2>Samples: real (left) and synthetic (right)</h2>",
         _sample_grids(result),
         "<h2>Memorisation: closest synthetic–training pairs</h2>",
@@ -210,8 +231,10 @@ def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
 
 
 def report_markdown(result: EvalResult) -> str:
-    lines = [f"# Evaluation of {html.escape(result.spec.name)}", ""]
-    lines += [f"> {html.escape(v)}" for v in result.verdicts] + [""]
+    """The report's content for a pull request or a wiki; images are the PNGs beside it."""
+    lines = [f"# Evaluation of {_md(result.spec.name)}", ""]
+    lines += [f"> {_md(v)}" for v in result.verdicts] + [""]
+    lines += ["## Class distribution", "", *_md_table(*_distribution_table(result)), ""]
     lines += ["## AUC per arm", "", *_md_table(*_arm_table(result)), ""]
     lines += ["![ROC curves](roc.png)", "", "![AUC vs synthetic fraction](auc_vs_fraction.png)", ""]
     lines += [
@@ -220,22 +243,26 @@ def report_markdown(result: EvalResult) -> str:
         *_md_table(*_fid_table(result)),
         "",
     ]
-    lines += [f"- {html.escape(note)}" for note in result.fid_notes] + [""]
-    lines += [
-        "## Label fidelity",
-        "",
-        *_md_table(["class", "share"], [[c, f"{s:.3f}"] for c, s in result.label_fidelity.items()]),
-        "",
-    ]
+    lines += [f"- {_md(note)}" for note in result.fid_notes] + [""]
+    lines += ["## Label fidelity", "", *_md_table(*_fidelity_table(result)), ""]
+    lines += ["## Samples: real (left) and synthetic (right)", ""]
+    lines += [f"![{_md(c)}](samples-{i}.png)" for i, c in enumerate(result.classes)] + [""]
     memo = result.memorisation
     if memo is not None:
         lines += [
             "## Memorisation",
             "",
-            f"{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} to a training "
-            f"image; the highest is {memo.similarities.max():.3f}.",
+            f"{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} to "
+            f"{_md(result.memorisation_reference)}; the highest is {memo.similarities.max():.3f}.",
             "",
             "![nearest-neighbour similarity](memorisation.png)",
+            "",
+            *_md_table(
+                ["synthetic", "nearest training image", "cosine"],
+                [[s.key, r.key, f"{sim:.3f}"] for s, r, sim in result.memorisation_pairs],
+            ),
+            "",
+            "![closest pairs](memorisation-pairs.png)",
             "",
         ]
     lines += [
@@ -274,19 +301,21 @@ def _arm_table(result: EvalResult) -> tuple[list[str], list[list]]:
 
 
 def _fid_table(result: EvalResult) -> tuple[list[str], list[list]]:
-    header = ["class", "extractor", "FID", "floor (real vs real)", "KID", "n real", "n synthetic"]
-    rows = [
-        [
-            r["class"],
-            r["extractor"],
-            f"{r['value']:.3f}",
-            f"{r['floor']:.3f}",
-            f"{r['kid']:.4f}",
-            r["n_real"],
-            r["n_synthetic"],
-        ]
-        for r in result.fid
+    header = [
+        "class",
+        "extractor",
+        "FID",
+        "n real",
+        "n synthetic",
+        "floor (real vs real)",
+        "floor n",
+        "KID",
     ]
+    rows = [
+        [r["class"], r["extractor"], _f(r["value"]), r["n_real"], r["n_synthetic"], _f(r["floor"]),
+         " + ".join(str(n) for n in r["floor_n"]), _f(r["kid"], 4)]
+        for r in result.fid
+    ]  # fmt: skip
     return header, rows
 
 
@@ -326,15 +355,18 @@ def _html_table(header: list[str], rows: list[list]) -> str:
 
 
 def _md_table(header: list[str], rows: list[list]) -> list[str]:
-    def cell(value) -> str:
-        # Escaped like the HTML: Markdown renderers pass raw HTML through.
-        return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
-
     return [
-        "| " + " | ".join(cell(h) for h in header) + " |",
+        "| " + " | ".join(_md(h) for h in header) + " |",
         "|" + "---|" * len(header),
-        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+        *("| " + " | ".join(_md(v) for v in row) + " |" for row in rows),
     ]
+
+
+def _md(value) -> str:
+    """User text made inert in Markdown: HTML escaped, and link, image and emphasis syntax
+    backslash-escaped, since Markdown renderers pass both through."""
+    text = html.escape(str(value)).replace("\n", " ")
+    return re.sub(r"([\\`*_\[\]()!|#])", r"\\\1", text)
 
 
 def _sample_grids(result: EvalResult, per_class: int = 4) -> str:
@@ -366,7 +398,7 @@ def _memorisation_html(result: EvalResult) -> str:
         "<img alt='nearest-neighbour similarity distribution' src='data:image/png;base64,"
         f"{_b64(_memorisation_figure(result))}'>"
         f"<p>{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} "
-        f"(classifier features) to an image the LoRA trained on; highest {memo.similarities.max():.3f}; "
+        f"(centred classifier features) to {e(result.memorisation_reference)}; highest {memo.similarities.max():.3f}; "
         f"median {np.median(memo.similarities):.3f}.</p>{rows}"
     )
 
@@ -375,6 +407,16 @@ def _img(item: LabelledImage, alt: str, size: int = 96) -> str:
     buffer = io.BytesIO()
     load_gray(item.source).resize((size, size)).save(buffer, format="PNG")
     return f"<img alt='{html.escape(alt)}' width='{size}' src='data:image/png;base64,{_b64(buffer.getvalue())}'>"
+
+
+def _strip(items: list[LabelledImage], size: int = 96) -> bytes:
+    """Images side by side in one PNG, for the Markdown report."""
+    strip = Image.new("L", (max(len(items), 1) * size, size))
+    for n, item in enumerate(items):
+        strip.paste(load_gray(item.source).resize((size, size)), (n * size, 0))
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _roc_figure(result: EvalResult) -> bytes:
@@ -457,8 +499,8 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _f(value) -> str:
-    return "—" if value is None else f"{value:.3f}"
+def _f(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def _signed(value) -> str:

@@ -140,6 +140,10 @@ def _run(args: argparse.Namespace) -> None:
     from synth.spec import load_spec
 
     spec = load_spec(args.spec)
+    if spec.eval.enabled:
+        from eval.evaluate import check_can_evaluate
+
+        check_can_evaluate(spec)  # before generating: a refusal after hours of GPU time is late
     summary = run_spec(spec, args.out, overwrite=args.overwrite, in_process=args.in_process)
     if summary.shards_written == 0:
         print(f"{summary.out_dir}: nothing to do; all {summary.shards_total} shard(s) complete")

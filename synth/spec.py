@@ -203,6 +203,8 @@ class EvalSpec(StrictModel):
     inception_weights: SpecPath | None = None  # local FID Inception weights (no hub here)
     bootstrap: Annotated[int, Field(ge=50, le=100_000)] = 1000
     memorization_threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
+    # A LoRA without synth's training.json cannot be shown to have skipped the test split.
+    allow_unverified_lora: bool = False
 
 
 class Spec(StrictModel):

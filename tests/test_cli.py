@@ -119,6 +119,12 @@ def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
     data["eval"] = {"enabled": True, "image_size": 32, "epochs": 1, "repeats": 1, "bootstrap": 50,
                     "synthetic_fractions": [1.0], "fid": ["classifier"]}  # fmt: skip
     data["output"]["dir"] = "out"
+    # The small LoRA is random and has no training.json: refused before anything is generated...
+    assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 2
+    assert "has no training.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # ...unless the spec says to evaluate anyway.
+    data["eval"]["allow_unverified_lora"] = True
     assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 0
     printed = capsys.readouterr().out
     assert "count-matched control" in printed and "report:" in printed

@@ -75,7 +75,10 @@ def evaluated(tmp_path_factory):
         "fid": ["inception", "classifier"],
     }  # fmt: skip
     spec = load_spec(write_spec(folder, data))
-    result = evaluate(spec, run_dir, show_progress=False)
+    # An empty torch hub: the Inception weights must be found nowhere, on any machine.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(folder / "torch-home"))
+        result = evaluate(spec, run_dir, show_progress=False)
     return result, run_dir / "eval"
 
 
@@ -167,16 +170,30 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
     assert values == sorted(values) and values[0] > 0
 
 
-def test_a_leaking_setup_is_refused():
-    test = [LabelledImage("real/test-0.png", Path("real/test-0.png"), 0)]
-    train = [LabelledImage("real/train-0.png", Path("real/train-0.png"), 0)]
-    arms = build_arms(train + test, [], 2, [1.0], seed=0)
+def test_a_leaking_setup_is_refused(tmp_path):
+    from eval.arms import image_identities
+
+    raw = tmp_path / "iu" / "images" / "CXR1_1_IM-0001-3001.png"  # Open-i's name, raw layout
+    raw.parent.mkdir(parents=True)
+    Image.new("L", (8, 8), 40).save(raw)
+    test = [LabelledImage("CXR1_1_IM-0001-3001", raw, 0)]
+    train = [LabelledImage("CXR2_IM-0652-1001", tmp_path / "other.png", 1)]
+    Image.new("L", (8, 8), 90).save(tmp_path / "other.png")
     with pytest.raises(LeakageError, match="is in the training set of arm real"):
-        assert_no_leakage(test, arms)
+        assert_no_leakage(test, build_arms(train + test, [], 2, [1.0], seed=0))
+    # The same file under another name is still the test image.
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(raw.read_bytes())
+    with pytest.raises(LeakageError, match="CXR1_1_IM-0001-3001 is in the training set"):
+        assert_no_leakage(
+            test, build_arms([*train, LabelledImage("copy", copy, 0)], [], 2, [1.0], seed=0)
+        )
+    # A LoRA trained on the prepared image (another file, Kaggle-style name) is caught by its id.
     clean = build_arms(train, [], 2, [1.0], seed=0)
+    prepared = image_identities(tmp_path / "prepared" / "images" / "1_IM-0001-3001.dcm.png")
     with pytest.raises(LeakageError, match="trained a LoRA"):
-        assert_no_leakage(test, clean, adapter_training_images=["images/../real/test-0.png"])
-    assert_no_leakage(test, clean, adapter_training_images=["real/train-0.png"])
+        assert_no_leakage(test, clean, adapter_identities=prepared)
+    assert_no_leakage(test, clean, adapter_identities=image_identities(tmp_path / "other.png"))
 
 
 def test_the_count_matched_control_matches_the_full_synthetic_arm_counts():
@@ -213,13 +230,17 @@ def test_a_lora_trained_on_a_test_image_stops_the_evaluation(evaluated, tmp_path
     lora = folder / "leaky-lora"
     lora.mkdir(exist_ok=True)
     (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
-    (lora / "training.json").write_text(json.dumps({"images": ["real/test-opacity-0.png"]}))
+    record = {"manifest": str(folder / "real.csv"), "images": ["real/test-opacity-0.png"]}
+    (lora / "training.json").write_text(json.dumps(record))
     data = base_spec(folder / "model")
     data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
     data["classes"]["opacity"]["lora"] = {"path": str(lora)}
     data["eval"] = {"enabled": True, "image_size": 32, "epochs": 1, "repeats": 1}
     spec = load_spec(write_spec(folder, data, "leaky.yaml"))
     with pytest.raises(LeakageError, match=r"test image real/test-opacity-0.png trained a LoRA"):
+        evaluate(spec, folder / "run", show_progress=False)
+    (lora / "training.json").unlink()
+    with pytest.raises(LeakageError, match="has no training.json.*allow_unverified_lora"):
         evaluate(spec, folder / "run", show_progress=False)
 
 
@@ -234,3 +255,54 @@ def test_memorisation_flags_copies_but_not_look_alikes():
     assert result.n_flagged == 3
     assert list(result.nearest[-3:]) == [0, 1, 2]
     assert result.closest(1)[0][2] > 0.95 > result.similarities[:20].max()
+
+
+def test_label_fidelity_by_highest_score_and_at_validation_thresholds():
+    from eval.metrics import label_fidelity, label_fidelity_at_thresholds
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    # Class-0 images that look like class 1 (a generator drifting to normal) score low.
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.2, 0.8]])
+    assert label_fidelity(labels, scores) == {0: 0.5, 1: 1.0}
+    assert label_fidelity_at_thresholds(labels, scores, [0.25, 0.5]) == {0: 0.75, 1: 1.0}
+
+
+def test_paired_delta_sees_a_real_improvement_and_its_ci_excludes_zero():
+    from eval.metrics import bootstrap_aucs, bootstrap_indices, paired_delta, repeat_draws
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 100)
+    weak = [np.column_stack([1 - p, p]) for p in (labels * 0.3 + rng.random((2, 200)) * 0.7)]
+    strong = [np.column_stack([1 - p, p]) for p in (labels * 0.7 + rng.random((2, 200)) * 0.3)]
+    resamples, draws = bootstrap_indices(200, 300, 0), repeat_draws(2, 300, 0)
+    mean, (low, high) = paired_delta(
+        labels, strong, weak, bootstrap_aucs(labels, strong, resamples),
+        bootstrap_aucs(labels, weak, resamples), draws,
+    )  # fmt: skip
+    assert 0 < low < mean < high
+    same, (low, high) = paired_delta(
+        labels, weak, weak, bootstrap_aucs(labels, weak, resamples),
+        bootstrap_aucs(labels, weak, resamples), draws,
+    )  # fmt: skip
+    assert same == low == high == 0
+
+
+def test_sensitivity_and_specificity_at_the_youden_threshold():
+    from eval.metrics import sensitivity_specificity, youden_threshold
+
+    positives = np.array([True] * 4 + [False] * 4)
+    scores = np.array([0.9, 0.8, 0.7, 0.15, 0.6, 0.2, 0.1, 0.05])
+    threshold = youden_threshold(positives, scores)  # J = 0.75 at 0.7; 0.5 at 0.15
+    assert threshold == 0.7
+    assert sensitivity_specificity(positives, scores, threshold) == (0.75, 1.0)
+
+
+def test_the_verdict_names_the_control_and_its_ci(evaluated):
+    result, _ = evaluated
+    sentence = result.verdicts[0]
+    assert sentence.startswith("Synthetic data ")
+    assert (
+        "against real only" in sentence
+        and "count-matched control of duplicated real images" in sentence
+    )
+    assert sentence.count("95% CI") == 2
