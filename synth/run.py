@@ -104,7 +104,10 @@ def _run_locked(
 ) -> RunSummary:
     previous = _previous_run(out, spec_sha256, overwrite)
     created_at = previous.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
-    invocation: dict = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    invocation: dict = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "status": "running",  # what a crashed or killed invocation is left saying
+    }
     run_record = {
         "spec_sha256": spec_sha256,
         "name": spec.name,

@@ -88,3 +88,50 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
     invocation = json.loads((out / "run.json").read_text())["invocations"][-1]
     assert invocation["worker_deaths"] == 1
     assert not list((out / "data").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_killed_driver_resumes_without_touching_finished_shards(
+    tmp_path: Path, small_model: Path, small_lora: Path
+):
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = base_spec(small_model, small_lora)
+    data["target"] = {"synthetic": {"opacity": 60, "normal": 20}}
+    data["compute"] = {"num_workers": 1}
+    data["output"]["dir"] = "out"
+    spec = write_spec(tmp_path, data)
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec)]
+    driver = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((out / "data").glob("train-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run finished before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-run
+        driver.wait(timeout=30)
+        finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
+        assert len(finished) >= 2
+    finally:
+        # The orphaned local Ray processes of the killed driver share its session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"reused {len(finished)}" in rerun.stdout
+    for name, content in finished.items():
+        assert (out / "data" / name).read_bytes() == content
+    written = pq.read_table(out / "data", columns=["sample_id"]).column("sample_id").to_pylist()
+    assert len(written) == len(set(written)) == 80
+    assert not list((out / "data").glob(".tmp-*"))
+    run = json.loads((out / "run.json").read_text())
+    assert [i["status"] for i in run["invocations"]] == ["running", "complete"]

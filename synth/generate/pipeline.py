@@ -248,9 +248,27 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def check_model_reference(ref: str, key: str = "generator.model") -> None:
-    """Cheap checks of a model folder before any worker starts; hub ids pass through."""
+    """Cheap checks of a model folder before any worker starts. A hub id passes through,
+    unless offline mode (HF_HUB_OFFLINE) is set and the hub cache lacks it."""
     local = Path(ref)
+    if not local.is_absolute() and not local.exists() and _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "model_index.json") or try_to_load_from_cache(
+            ref, "config.json"
+        )
+        if not isinstance(cached, str):
+            raise ModelError(
+                f"{key} {ref}: cannot load (HF_HUB_OFFLINE is set and the hub cache lacks it); "
+                "give a local diffusers folder, or fetch it once where the hub is reachable"
+            )
     if local.is_absolute() and not local.exists():
         raise ModelError(f"{key} {ref}: folder not found; point {key} at a diffusers folder")
     if local.is_dir() and not (
