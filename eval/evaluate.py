@@ -233,7 +233,12 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
             try:
                 with Image.open(image.path) as opened:
                     opened.verify()
-            except (OSError, ValueError, SyntaxError):
+            except (OSError, ValueError, SyntaxError) as err:
+                if spec.eval.unreadable_images == "error":
+                    raise SourceError(
+                        f"{image.path}: unreadable real image ({err}); replace or remove it, or "
+                        "set eval.unreadable_images: skip"
+                    ) from None
                 unreadable += 1  # skipped and counted in the report, never a crash mid-run
                 continue
             by_split[split].append(LabelledImage(image.image_id, image.path, index[image.label]))

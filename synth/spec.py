@@ -205,6 +205,8 @@ class EvalSpec(StrictModel):
     memorization_threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
     # A LoRA without synth's training.json cannot be shown to have skipped the test split.
     allow_unverified_lora: bool = False
+    # An unreadable real image: skipped and counted in the report, or an error naming it.
+    unreadable_images: Literal["skip", "error"] = "skip"
 
 
 class Spec(StrictModel):

@@ -126,8 +126,22 @@ def test_auc_in_metrics_equals_sklearn_on_the_predictions(evaluated):
 
 
 def test_user_text_is_inert_in_the_report(evaluated):
+    from html.parser import HTMLParser
+
     _, out = evaluated
     html = (out / "report.html").read_text()
+
+    class Elements(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+    parsed = Elements()
+    parsed.feed(html)
+    assert "script" not in parsed.tags and "img" in parsed.tags  # parsed as a browser would
     assert SCRIPT not in html and "<script" not in html.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     markdown = (out / "report.md").read_text()
@@ -306,3 +320,24 @@ def test_the_verdict_names_the_control_and_its_ci(evaluated):
         and "count-matched control of duplicated real images" in sentence
     )
     assert sentence.count("95% CI") == 2
+
+
+def test_an_unreadable_real_image_is_skipped_and_counted_or_an_error(evaluated, tmp_path):
+    from eval.evaluate import load_eval_data
+    from synth.errors import SourceError
+
+    _, out = evaluated
+    folder = out.parent.parent
+    broken = folder / "real" / "train-normal-0.png"
+    original = broken.read_bytes()
+    try:
+        broken.write_bytes(original[:40])  # truncated
+        spec = load_spec(folder / "spec.yaml")
+        assert load_eval_data(spec, folder / "run").unreadable == 1
+        strict = spec.model_copy(
+            update={"eval": spec.eval.model_copy(update={"unreadable_images": "error"})}
+        )
+        with pytest.raises(SourceError, match="train-normal-0.png: unreadable real image"):
+            load_eval_data(strict, folder / "run")
+    finally:
+        broken.write_bytes(original)
