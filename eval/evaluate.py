@@ -204,7 +204,6 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
             c: sum(s.label == k for s in data.synthetic) for k, c in enumerate(data.classes)
         },
         synthetic_rows=data.synthetic_rows,
-        real_examples=data.test,
         synthetic_examples=data.synthetic,
         config=settings.model_dump(mode="json") | {"classifier_weights": real_only.weights},
         versions=library_versions(),
@@ -242,7 +241,11 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
                 unreadable += 1  # skipped and counted in the report, never a crash mid-run
                 continue
             by_split[split].append(LabelledImage(image.image_id, image.path, index[image.label]))
-    _require_every_class(by_split, index, "after skipping unreadable images")
+    _require_every_class(
+        {split: {classes[x.label] for x in items} for split, items in by_split.items()},
+        classes,
+        " after skipping unreadable images",
+    )
     synthetic, rows = _read_synthetic(run_dir, index)
     return EvalData(
         classes, by_split["train"], by_split["val"], by_split["test"], synthetic, rows, unreadable,
@@ -251,8 +254,7 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
 
 
 def _real_images_by_split(spec: Spec) -> dict[str, list]:
-    index = {label: i for i, label in enumerate(spec.labels)}
-    real = [image for image in read_real_images(spec) if image.label in index]
+    real = [image for image in read_real_images(spec) if image.label in spec.labels]
     if not real:
         raise SourceError(
             "evaluation needs real images: use a manifest or iu_xray source with image files "
@@ -268,22 +270,20 @@ def _real_images_by_split(spec: Spec) -> dict[str, list]:
         for split in SPLITS
     }
     _require_every_class(
-        {
-            split: [LabelledImage(r.image_id, r.path, index[r.label]) for r in images]
-            for split, images in by_split.items()
-        },
-        index,
-        "",
+        {split: {r.label for r in images} for split, images in by_split.items()}, spec.labels
     )
     return by_split
 
 
-def _require_every_class(by_split: dict, index: dict[str, int], when: str) -> None:
+def _require_every_class(
+    labels_by_split: dict[str, set[str]], classes: list[str], when: str = ""
+) -> None:
+    """AUC and the validation thresholds need every class in val and test."""
     for split in ("val", "test"):
-        missing = [c for c, i in index.items() if not any(x.label == i for x in by_split[split])]
+        missing = [c for c in classes if c not in labels_by_split[split]]
         if missing:
             raise SourceError(
-                f"the {split} split has no real image of {missing}{' ' + when if when else ''}; "
+                f"the {split} split has no real image of {missing}{when}; "
                 "AUC needs every class there"
             )
 

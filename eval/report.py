@@ -47,7 +47,6 @@ class EvalResult:
     real_counts: dict[str, int]
     synthetic_counts: dict[str, int]
     synthetic_rows: list[dict]
-    real_examples: list[LabelledImage]
     synthetic_examples: list[LabelledImage]
     config: dict
     versions: dict
@@ -72,7 +71,7 @@ def write_outputs(result: EvalResult, out: Path) -> None:
             [img for pair in result.memorisation_pairs for img in pair[:2]]
         )
     for i in range(len(result.classes)):
-        real = [x for x in result.real_examples if x.label == i][:4]
+        real = [x for x in result.test if x.label == i][:4]
         synthetic = [x for x in result.synthetic_examples if x.label == i][:4]
         figures[f"samples-{i}"] = _strip(real + synthetic)
     for name, png in figures.items():
@@ -373,7 +372,7 @@ def _sample_grids(result: EvalResult, per_class: int = 4) -> str:
     e = html.escape
     parts = []
     for c, label in enumerate(result.classes):
-        real = [i for i in result.real_examples if i.label == c][:per_class]
+        real = [i for i in result.test if i.label == c][:per_class]
         synthetic = [s for s in result.synthetic_examples if s.label == c][:per_class]
         cells = (
             "".join(_img(i, "real") for i in real)

@@ -341,3 +341,25 @@ def test_an_unreadable_real_image_is_skipped_and_counted_or_an_error(evaluated, 
             load_eval_data(strict, folder / "run")
     finally:
         broken.write_bytes(original)
+
+
+def test_a_test_split_without_some_class_is_refused(tmp_path):
+    from eval.evaluate import check_can_evaluate
+    from synth.errors import SourceError
+
+    rows = []
+    for split, labels in (
+        ("train", ["opacity", "normal"]),
+        ("val", ["opacity", "normal"]),
+        ("test", ["normal"]),
+    ):
+        for label in labels:
+            name = f"{split}-{label}.png"
+            Image.new("L", (8, 8)).save(tmp_path / name)
+            rows.append({"path": name, "label": label, "split": split})
+    pd.DataFrame(rows).to_csv(tmp_path / "real.csv", index=False)
+    data = base_spec(tmp_path / "model")
+    data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
+    spec = load_spec(write_spec(tmp_path, data))
+    with pytest.raises(SourceError, match=r"the test split has no real image of \['opacity'\]"):
+        check_can_evaluate(spec)

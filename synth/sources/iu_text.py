@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 NO_INDEXING = "no indexing"
 DEID_TOKEN = "XXXX"
@@ -85,11 +85,6 @@ class LabelRule:
     none_of: tuple[str, ...] = ()  # no heading may contain any of these terms
     max_headings: int | None = None  # at most this many distinct headings
     exactly: tuple[str, ...] | None = None  # the distinct headings must be exactly these
-
-
-@dataclass(frozen=True)
-class LabelRules:
-    rules: dict[str, LabelRule] = field(default_factory=dict)
 
 
 DEFAULT_RULES = {
