@@ -50,6 +50,7 @@ from eval.metrics import (
 )
 from eval.report import EvalResult, write_outputs
 from synth.errors import SourceError, SynthError
+from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
 from synth.sources import read_real_images
 from synth.spec import Spec
 from synth.versions import library_versions
@@ -67,6 +68,7 @@ class EvalData:
     synthetic_rows: list[dict]  # provenance of each synthetic image, for the report
     unreadable: int  # real images skipped because they could not be read
     adapter_images: list[str]  # images the class LoRAs were trained on (from training.json)
+    untrained: list[LabelledImage]  # the random-weight model's images (none unless rendered)
 
 
 def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResult:
@@ -246,10 +248,13 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
         classes,
         " after skipping unreadable images",
     )
-    synthetic, rows = _read_synthetic(run_dir, index)
+    if not shard_files(run_dir / DATA_DIR):
+        raise SourceError(f"{run_dir}: no shards in {DATA_DIR}/; run `synth run` first")
+    synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
+    untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
     return EvalData(
         classes, by_split["train"], by_split["val"], by_split["test"], synthetic, rows, unreadable,
-        _adapter_images(spec),
+        _adapter_images(spec), untrained,
     )  # fmt: skip
 
 
@@ -288,20 +293,17 @@ def _require_every_class(
             )
 
 
-def _read_synthetic(run_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
-    data_dir = run_dir / "data"
-    files = sorted(data_dir.glob("train-*.parquet")) if data_dir.is_dir() else []
-    if not files:
-        raise SourceError(f"{run_dir}: no shards in data/; run `synth run` first")
-    synthetic, rows = [], []
-    for path in files:
+def _read_shards(data_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
+    """A folder's shard images of the evaluated classes, and each one's provenance row."""
+    images, rows = [], []
+    for path in shard_files(data_dir):
         for row in pq.read_table(path).to_pylist():
             if row["label"] in index:
-                synthetic.append(
+                images.append(
                     LabelledImage(row["sample_id"], row["image"]["bytes"], index[row["label"]])
                 )
                 rows.append({k: v for k, v in row.items() if k != "image"})
-    return synthetic, rows
+    return images, rows
 
 
 def _adapter_images(spec: Spec) -> list[str]:
@@ -327,6 +329,9 @@ def _adapter_images(spec: Spec) -> list[str]:
             images = record["images"]
         except (OSError, json.JSONDecodeError, KeyError) as err:
             raise SynthError(f"{record_path}: unreadable LoRA training record ({err})") from None
+        # Recorded contents identify the images wherever the manifest now is; older
+        # records name files only, found relative to the manifest they were trained from.
+        identities.extend(f"sha256:{digest}" for digest in record.get("image_sha256", []))
         base = Path(record.get("manifest", str(record_path))).parent
         for image in images:
             identities.extend(image_identities(base / image))
@@ -366,10 +371,16 @@ def _train_arm(arm: Arm, val, num_classes: int, settings: TrainSettings) -> Trai
 
 
 def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], list[str]]:
-    """FID/KID per class and overall, real test vs synthetic, with the real-vs-real floor."""
+    """FID/KID per class and overall, real test vs synthetic, with the real-vs-real floor and,
+    when one was rendered, the untrained baseline against the same real images."""
     rows, notes = [], []
     if not data.synthetic:
         return rows, ["no synthetic images: FID not computed"]
+    if spec.eval.untrained_baseline and not data.untrained:
+        notes.append(
+            f"no untrained baseline in {UNTRAINED_DIR}/{DATA_DIR}/: `synth run` renders it "
+            "when eval.enabled and eval.untrained_baseline > 0"
+        )
     extractors: dict[str, object] = {}
     if "classifier" in spec.eval.fid:
         features = extract_features(real_only.model, data.test[:1], settings).shape[1]
@@ -381,6 +392,8 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
         else:
             extractors["inception"] = weights
     rng = np.random.default_rng(spec.seed)
+    # Its own stream, so the synthetic figures are the same with or without a baseline.
+    untrained_rng = np.random.default_rng([spec.seed, 1])
     for name, extractor in extractors.items():
         for c, label in [(None, "all"), *enumerate(data.classes)]:
             real = [i for i in data.test if c is None or i.label == c]
@@ -400,15 +413,27 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
             floor = distance(
                 _tensor(pool[:n_a], settings), _tensor(pool[n_a : n_a + n_b], settings), extractor
             )
-            value = distance(_tensor(real, settings), _tensor(synthetic, settings), extractor)
-            rows.append(
-                {
-                    "class": label, "extractor": name, "value": _num(value.fid),
-                    "kid": _num(value.kid), "n_real": value.n_real,
-                    "n_synthetic": value.n_synthetic, "floor": _num(floor.fid),
-                    "floor_n": [floor.n_real, floor.n_synthetic],
-                }
-            )  # fmt: skip
+            real_images = _tensor(real, settings)
+            value = distance(real_images, _tensor(synthetic, settings), extractor)
+            row = {
+                "class": label, "extractor": name, "value": _num(value.fid),
+                "kid": _num(value.kid), "n_real": value.n_real,
+                "n_synthetic": value.n_synthetic, "floor": _num(floor.fid),
+                "floor_n": [floor.n_real, floor.n_synthetic],
+            }  # fmt: skip
+            untrained = [u for u in data.untrained if c is None or u.label == c]
+            if c is None:
+                untrained = _match_class_mix(untrained, real, untrained_rng)
+            if len(untrained) >= 2:
+                baseline = distance(real_images, _tensor(untrained, settings), extractor)
+                ratio = value.fid / baseline.fid if baseline.fid > 0 else float("nan")
+                row |= {
+                    "untrained_fid": _num(baseline.fid), "untrained_kid": _num(baseline.kid),
+                    "n_untrained": baseline.n_synthetic, "ratio_to_untrained": _num(ratio),
+                }  # fmt: skip
+            elif data.untrained:
+                notes.append(f"FID ({name}) of the untrained baseline for {label}: too few images")
+            rows.append(row)
     return rows, notes
 
 

@@ -29,6 +29,10 @@ from classifiers.data import LabelledImage, load_gray
 from eval.arms import CONTROL, REAL, synth_arm_name
 from synth.shards import output_errors, write_text_atomic
 
+# The quality bar against the untrained baseline: synthetic FID at most this share of the FID
+# that the same model scores with random weights.
+UNTRAINED_FID_BAR = 0.5
+
 
 @dataclass
 class EvalResult:
@@ -87,6 +91,7 @@ def metrics_json(result: EvalResult) -> dict:
         "arms": result.arms,
         "fid": result.fid,
         "fid_notes": result.fid_notes,
+        "untrained_baseline": _untrained_baseline(result),
         "label_fidelity": result.label_fidelity,
         "label_fidelity_at_val_threshold": result.label_fidelity_at_thresholds,
         "memorization": {
@@ -158,6 +163,50 @@ def verdicts(result: EvalResult) -> list[str]:
     return sentences
 
 
+def _untrained_baseline(result: EvalResult) -> dict | None:
+    """Synthetic FID against the untrained model's, per extractor, and whether it meets the bar:
+    overall, or per class where there is no overall figure (a class without synthetic images
+    leaves none); None when no baseline was rendered."""
+    compared = [r for r in result.fid if "untrained_fid" in r]
+    overall = [r for r in compared if r["class"] == "all"]
+    comparisons = [
+        {
+            "class": r["class"],
+            "extractor": r["extractor"],
+            "synthetic_fid": r["value"],
+            "untrained_fid": r["untrained_fid"],
+            "ratio": r["ratio_to_untrained"],
+            "met": r["ratio_to_untrained"] is not None
+            and r["ratio_to_untrained"] <= UNTRAINED_FID_BAR,
+            "n_synthetic": r["n_synthetic"],
+            "n_untrained": r["n_untrained"],
+        }
+        for r in overall or compared
+    ]
+    return {"bar": UNTRAINED_FID_BAR, "comparisons": comparisons} if comparisons else None
+
+
+def untrained_sentences(result: EvalResult) -> list[str]:
+    """One plain sentence per comparison: synthetic FID, the untrained model's, and the bar."""
+    baseline = _untrained_baseline(result)
+    sentences = []
+    for c in baseline["comparisons"] if baseline else []:
+        scope = "" if c["class"] == "all" else f", class {c['class']}"
+        sentence = (
+            f"Synthetic FID ({c['extractor']} features{scope}) is {_f(c['synthetic_fid'])}, the untrained "
+            f"model's is {_f(c['untrained_fid'])} (ratio {_f(c['ratio'])}; the bar is ≤ "
+            f"{UNTRAINED_FID_BAR}): {'met' if c['met'] else 'not met'}."
+        )
+        if c["n_untrained"] < c["n_synthetic"]:
+            # FID is biased upward on small sets, so a smaller baseline flatters the ratio.
+            sentence += (
+                f" The untrained set is smaller ({c['n_untrained']} vs {c['n_synthetic']} "
+                "images), which inflates its FID; raise eval.untrained_baseline for a fair bar."
+            )
+        sentences.append(sentence)
+    return sentences
+
+
 def _effect(delta: dict) -> str:
     low, high = delta["ci95"]
     if low is not None and low > 0:
@@ -210,6 +259,7 @@ def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
         f"<img alt='AUC vs synthetic fraction' src='data:image/png;base64,{_b64(figures['auc_vs_fraction'])}'>",
         "<h2>FID and KID (real test vs synthetic), with the real-vs-real floor</h2>",
         _html_table(*_fid_table(result)),
+        "".join(f"<p>{e(sentence)}</p>" for sentence in untrained_sentences(result)),
         "".join(f"<p>{e(note)}</p>" for note in result.fid_notes),
         "<h2>Label fidelity</h2><p>The share of each class's synthetic images that a classifier "
         "trained on real data only assigns to that class: by its highest score, and at the "
@@ -242,6 +292,8 @@ def report_markdown(result: EvalResult) -> str:
         *_md_table(*_fid_table(result)),
         "",
     ]
+    baseline_sentences = untrained_sentences(result)
+    lines += [*(_md(s) for s in baseline_sentences), ""] if baseline_sentences else []
     lines += [f"- {_md(note)}" for note in result.fid_notes] + [""]
     lines += ["## Label fidelity", "", *_md_table(*_fidelity_table(result)), ""]
     lines += ["## Samples: real (left) and synthetic (right)", ""]
@@ -315,6 +367,12 @@ def _fid_table(result: EvalResult) -> tuple[list[str], list[list]]:
          " + ".join(str(n) for n in r["floor_n"]), _f(r["kid"], 4)]
         for r in result.fid
     ]  # fmt: skip
+    if _untrained_baseline(result):
+        # Beside the synthetic FID: the same real images against the random-weight model.
+        header[3:3] = ["untrained FID", "ratio (synthetic / untrained)", "n untrained"]
+        for r, row in zip(result.fid, rows, strict=True):
+            row[3:3] = [_f(r.get("untrained_fid")), _f(r.get("ratio_to_untrained")),
+                        r.get("n_untrained", "—")]  # fmt: skip
     return header, rows
 
 

@@ -133,6 +133,9 @@ def _plan(args: argparse.Namespace) -> None:
     if counts.ignored_rows:
         note += f"; {counts.ignored_rows} row(s) with labels outside source.labels ignored"
     print(f"{note}; {plan.num_shards} shard(s) of up to {spec.output.shard_size}")
+    from synth.throughput import describe_cost
+
+    print("\n".join(describe_cost(spec, plan.total_synthetic)))
 
 
 def _run(args: argparse.Namespace) -> None:

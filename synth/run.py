@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
 import time
 from contextlib import contextmanager
@@ -23,12 +24,20 @@ from synth.distribute import ShardResult, run_in_process, run_on_ray
 from synth.errors import OutputError, SynthError
 from synth.generate.pipeline import check_model_reference, file_sha256, resolve_lora_file
 from synth.generate.render import RenderSettings
-from synth.plan import Plan, plan_for_spec, shard_file_name
+from synth.generate.untrained import (
+    MODEL_DIR,
+    untrained_plan,
+    untrained_settings,
+    untrained_sha256,
+)
+from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name
 from synth.shards import (
     DATA_DIR,
+    UNTRAINED_DIR,
     dataset_card,
     output_errors,
     remove_temporary_files,
+    shard_files,
     shard_is_complete,
     shard_spec_digests,
     write_shard,
@@ -36,12 +45,16 @@ from synth.shards import (
 )
 from synth.sources import real_counts
 from synth.spec import Spec, sha256_of_json, spec_to_yaml
+from synth.throughput import record_run
 from synth.versions import library_versions
+
+logger = logging.getLogger(__name__)
 
 RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
 LOCK_FILE = ".synth.lock"
+EVAL_DIR = "eval"  # the evaluation's outputs; a later `synth run` of the same spec keeps them
 # What a synth run folder may hold, so a run that crashed before run.json existed can resume.
-_RUN_ENTRIES = {*RUN_FILES, DATA_DIR, LOCK_FILE}
+_RUN_ENTRIES = {*RUN_FILES, DATA_DIR, UNTRAINED_DIR, EVAL_DIR, LOCK_FILE}
 _PLAN_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -87,9 +100,12 @@ def run_spec(
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(out):
-        return _run_locked(
+        summary = _run_locked(
             spec, plan, spec_sha256, out, overwrite, in_process, show_progress, started
         )
+        if spec.eval.enabled and spec.eval.untrained_baseline > 0:
+            render_untrained_baseline(spec, plan, spec_sha256, out, show_progress)
+        return summary
 
 
 def _run_locked(
@@ -139,7 +155,7 @@ def _run_locked(
         _finish(out, run_record, invocation, started, summary)
         return summary
 
-    images_to_render = sum(len(plan.samples_in_shard(s)) for s in missing)
+    images_to_render = sum(plan.shard_length(s) for s in missing)
     settings = RenderSettings(
         generator=spec.generator,
         classes=spec.classes,
@@ -193,11 +209,64 @@ def _run_locked(
         # Past start-up (Ray, model loads, first shard): the rate a long run settles at.
         steady = (images_to_render - first_shard["images"]) / (finished - first_shard["at"])
         invocation["steady_images_per_second"] = round(steady, 4)
+        _keep_throughput(spec, steady, report.workers, summary.startup_seconds, out)
     invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
     _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
     return summary
+
+
+def render_untrained_baseline(
+    spec: Spec, plan: Plan, spec_sha256: str, out: Path, show_progress: bool = True
+) -> None:
+    """The random-weight baseline's shards in out/untrained/data/, for the evaluation's FID
+    yardstick; complete shards are kept. Rendered in this process: its model lives in the run
+    folder, which a cluster's workers may not see."""
+    baseline = untrained_plan(plan, spec.eval.untrained_baseline)
+    folder = out / UNTRAINED_DIR
+    data_dir = folder / DATA_DIR
+    wanted = {shard_file_name(s, baseline.num_shards) for s in range(baseline.num_shards)}
+    with output_errors(data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(data_dir)
+        for stale in (p for p in shard_files(data_dir) if p.name not in wanted):
+            stale.unlink()  # a baseline of another size: the evaluation reads every shard here
+    missing = missing_shards(baseline, data_dir, untrained_sha256(spec_sha256))
+    if not missing:
+        return
+    created_at = json.loads((out / "run.json").read_text(encoding="utf-8"))["created_at"]
+    settings = untrained_settings(spec, folder / MODEL_DIR, spec_sha256, created_at)
+    bar = tqdm(
+        total=sum(len(baseline.samples_in_shard(s)) for s in missing),
+        unit="img",
+        desc=f"{spec.name}: untrained baseline",
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
+    try:
+        run_in_process(
+            baseline,
+            missing,
+            settings,
+            lambda result: write_shard(
+                result.table, data_dir / shard_file_name(result.shard, baseline.num_shards)
+            ),
+            lambda finished: bar.update(finished - bar.n),
+        )
+    finally:
+        bar.close()
+
+
+def _keep_throughput(
+    spec: Spec, steady: float, workers: list[str], startup: float | None, out: Path
+) -> None:
+    """For `synth plan`'s cost estimates. A finished run never fails for want of this."""
+    devices = [worker.split(" ", 1)[1] for worker in workers]
+    try:
+        record_run(spec.generator, steady, devices, startup, f"run {out}")
+    except SynthError as err:
+        logger.warning("%s", err)
 
 
 def generation_sha256(spec: Spec, plan: Plan) -> str:
@@ -206,9 +275,12 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
     and LoRA file contents (not paths) and scale, the per-class counts, shard size and image
     format. An output folder only ever holds one."""
     generator = spec.generator.model_dump(mode="json")
-    # Batch size is a throughput knob, not an identity, so a run can resume on a GPU of another
-    # size. (It can move a rare pixel by one level on CPU; see the README's "Determinism".)
+    # Batch size and the fast path are throughput knobs, not an identity, so a run can resume
+    # on a GPU of another size. (They can move a rare pixel by one level; see the README's
+    # "Determinism".) Tiled VAE decoding blends tile seams, which changes images: it counts.
     generator.pop("batch_size")
+    if generator.pop("fast_path")["vae_decode"] == "tiled":
+        generator["vae_decode"] = "tiled"
     classes = {}
     for cls in plan.classes:
         class_spec = spec.classes.get(cls.label)
@@ -237,29 +309,27 @@ def missing_shards(plan: Plan, data_dir: Path, spec_sha256: str) -> list[int]:
     missing = []
     for shard in range(plan.num_shards):
         path = data_dir / shard_file_name(shard, plan.num_shards)
-        expected = [s.sample_id for s in plan.samples_in_shard(shard)]
+        expected = plan.sample_ids_in_shard(shard)
         if not path.is_file() or not shard_is_complete(path, expected, spec_sha256):
             missing.append(shard)
     return missing
 
 
+# Rows per plan.parquet row group: large enough that a ten-million-row plan writes in seconds.
+_PLAN_ROWS_PER_WRITE = 1 << 16
+
+
 def write_plan(plan: Plan, path: Path) -> None:
-    """plan.parquet, streamed shard by shard so a huge plan never sits in memory."""
+    """plan.parquet, streamed in blocks of shards so a huge plan never sits in memory."""
     temporary = path.with_name(f".tmp-{path.name}")
+    block: dict[str, list] = {name: [] for name in PLAN_COLUMNS}
     with pq.ParquetWriter(temporary, _PLAN_SCHEMA) as writer:
         for shard in range(plan.num_shards):
-            rows = [
-                {
-                    "sample_id": s.sample_id,
-                    "label": s.label,
-                    "prompt": s.prompt,
-                    "negative_prompt": s.negative_prompt,
-                    "seed": s.seed,
-                    "shard": s.shard,
-                }
-                for s in plan.samples_in_shard(shard)
-            ]
-            writer.write_table(pa.Table.from_pylist(rows, schema=_PLAN_SCHEMA))
+            for name, values in plan.columns_in_shard(shard).items():
+                block[name] += values
+            if len(block["sample_id"]) >= _PLAN_ROWS_PER_WRITE or shard == plan.num_shards - 1:
+                writer.write_table(pa.table(block, schema=_PLAN_SCHEMA))
+                block = {name: [] for name in PLAN_COLUMNS}
     temporary.replace(path)
 
 
@@ -323,6 +393,8 @@ def _previous_run(out: Path, spec_sha256: str, overwrite: bool) -> dict:
 def _clear_run(out: Path) -> None:
     """Remove only what synth wrote, never anything else a user keeps in the folder."""
     shutil.rmtree(out / DATA_DIR, ignore_errors=True)
+    shutil.rmtree(out / UNTRAINED_DIR, ignore_errors=True)
+    shutil.rmtree(out / EVAL_DIR, ignore_errors=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
 

@@ -22,6 +22,8 @@ from PIL.PngImagePlugin import PngInfo
 from synth.errors import OutputError
 
 DATA_DIR = "data"
+# The random-weight baseline's folder in a run: its model/ and its own data/ shards.
+UNTRAINED_DIR = "untrained"
 _TEMP_PREFIX = ".tmp-"
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -169,7 +171,9 @@ def _fsync(path: Path) -> None:
 def shard_is_complete(path: Path, expected_ids: list[str], spec_sha256: str) -> bool:
     """Whether a shard file is readable, holds exactly the expected samples, and is this spec's."""
     try:
-        table = pq.read_table(path, columns=["sample_id", "spec_sha256"])
+        # ParquetFile.read skips the dataset layer of read_table: a third of the time per file,
+        # which is what checking the 39,063 shards of a ten-million-image run adds up to.
+        table = pq.ParquetFile(path).read(columns=["sample_id", "spec_sha256"])
     except (OSError, pa.ArrowException):
         return False
     return table.column("sample_id").to_pylist() == expected_ids and set(
@@ -198,10 +202,15 @@ def write_text_atomic(path: Path, text: str) -> None:
             raise
 
 
+def shard_files(data_dir: Path) -> list[Path]:
+    """A folder's shard files in order; none when the folder does not exist."""
+    return sorted(data_dir.glob("train-*.parquet")) if data_dir.is_dir() else []
+
+
 def shard_spec_digests(data_dir: Path) -> set[str]:
     """The spec_sha256 values found in a folder's readable shards."""
     digests: set[str] = set()
-    for path in sorted(data_dir.glob("train-*.parquet")) if data_dir.is_dir() else []:
+    for path in shard_files(data_dir):
         try:
             digests.update(pq.read_table(path, columns=["spec_sha256"]).column(0).to_pylist())
         except (OSError, pa.ArrowException):

@@ -104,8 +104,28 @@ class IUXraySource(StrictModel):
         return self
 
 
+PHANTOM_LABELS = ("normal", "opacity")
+
+
+class PhantomSource(StrictModel):
+    """Procedural chest-radiograph phantoms that synth draws itself (rare opacity)."""
+
+    kind: Literal["phantom"]
+    path: SpecPath  # the folder the phantom is drawn into on first use, then reused
+    count: Annotated[int, Field(ge=20, le=1_000_000)]
+    image_size: Annotated[int, Field(ge=32, le=1024, multiple_of=8)] = 64
+    opacity_prevalence: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    difficulty: Annotated[float, Field(ge=0, le=1)] = 0.5  # 1 = faintest, smallest densities
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    split: SplitSpec = SplitSpec()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(PHANTOM_LABELS)
+
+
 Source = Annotated[
-    Union[ManifestSource, CountsSource, IUXraySource],  # noqa: UP007
+    Union[ManifestSource, CountsSource, IUXraySource, PhantomSource],  # noqa: UP007
     Field(discriminator="kind"),
 ]
 
@@ -139,8 +159,23 @@ class Target(StrictModel):
         return "auto" if self.total is None else self.total
 
 
+class FastPath(StrictModel):
+    """How fast the pipeline runs. The defaults are the options whose images stay within float
+    tolerance of the plain path (docs/performance.md has the measurements); like batch_size
+    they are left out of the run's identity, except vae_decode: tiled, which changes images."""
+
+    attention: Literal["sdpa", "classic"] = "sdpa"  # torch's fused attention, or diffusers' math
+    channels_last: bool = True  # UNet and VAE convolutions in NHWC memory layout
+    fuse_qkv: bool = True  # one QKV matmul per attention; skipped while a class has a LoRA
+    compile_unet: bool = False  # torch.compile: faster steps after minutes of compiling
+    # batched: all images at once; sliced: one at a time (less memory, same images);
+    # tiled: overlapping tiles (least memory; seams are blended, so images change slightly).
+    vae_decode: Literal["batched", "sliced", "tiled"] = "batched"
+
+
 class Generator(StrictModel):
-    """The diffusers pipeline and how it samples. Every field here changes the images."""
+    """The diffusers pipeline and how it samples. Every field here but batch_size and fast_path
+    changes the images."""
 
     model: str
     vae: str | None = None
@@ -151,6 +186,7 @@ class Generator(StrictModel):
     height: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
     width: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    fast_path: FastPath = Field(default_factory=FastPath)
 
 
 class Lora(StrictModel):
@@ -207,6 +243,9 @@ class EvalSpec(StrictModel):
     allow_unverified_lora: bool = False
     # An unreadable real image: skipped and counted in the report, or an error naming it.
     unreadable_images: Literal["skip", "error"] = "skip"
+    # Images rendered by a random-weight copy of generator.model (0 = none): their FID against
+    # real is the yardstick the synthetic FID is judged by (the bar: at most half of it).
+    untrained_baseline: Annotated[int, Field(ge=0, le=100_000)] = 0
 
 
 class Spec(StrictModel):
@@ -402,7 +441,7 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
         return _local_or_hub_id(ref, base)
 
     source = spec.source
-    if isinstance(source, ManifestSource | IUXraySource):
+    if isinstance(source, ManifestSource | IUXraySource | PhantomSource):
         source = source.model_copy(update={"path": absolute(source.path)})
     if isinstance(source, IUXraySource):
         source = source.model_copy(

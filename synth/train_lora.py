@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synth.errors import SourceError
-from synth.generate.pipeline import LORA_WEIGHT_NAME, load_pretrained, quiet_libraries
+from synth.generate.pipeline import (
+    LORA_WEIGHT_NAME,
+    file_sha256,
+    load_pretrained,
+    quiet_libraries,
+)
 from synth.shards import output_errors, write_text_atomic
 from synth.sources import TRAIN_SPLIT
 from synth.sources.iu_text import LABEL_PHRASES
@@ -442,6 +447,9 @@ def _write_training_record(config, rows, losses, resumed_from, steps, steps_per_
         "rows_per_label": counts,
         "rows_sha256": rows_sha256(rows, config.manifest),
         "images": [str(r.path.relative_to(config.manifest.parent)) for r in rows],
+        # Contents as well as names: the record still proves which images trained the
+        # adapter on a machine where the manifest sits elsewhere (a shipped adapter).
+        "image_sha256": [file_sha256(r.path) for r in rows],
         "steps": steps,
         "resumed_from": resumed_from,
         "loss_curve": losses,

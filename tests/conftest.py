@@ -9,6 +9,15 @@ import pytest
 import yaml
 
 from synth.generate.small_sdxl import build_small_sdxl, save_random_lora
+from synth.throughput import THROUGHPUT_FILE_ENV
+
+
+@pytest.fixture(autouse=True)
+def throughput_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs record their throughput; tests keep it out of the user's cache."""
+    path = tmp_path / "throughput.jsonl"
+    monkeypatch.setenv(THROUGHPUT_FILE_ENV, str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,8 @@ def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
     data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
     data["target"] = {"synthetic": {"opacity": 4, "normal": 2}}
     data["eval"] = {"enabled": True, "image_size": 32, "epochs": 1, "repeats": 1, "bootstrap": 50,
-                    "synthetic_fractions": [1.0], "fid": ["classifier"]}  # fmt: skip
+                    "synthetic_fractions": [1.0], "fid": ["classifier"],
+                    "untrained_baseline": 6}  # fmt: skip
     data["output"]["dir"] = "out"
     # The small LoRA is random and has no training.json: refused before anything is generated...
     assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 2
@@ -137,4 +138,10 @@ def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
         "synth->real",
     ]
     assert metrics["fid"] and (tmp_path / "out" / "eval" / "report.html").is_file()
+    # The random-weight baseline was rendered, and its FID stands beside the synthetic one.
+    assert len(list((tmp_path / "out" / "untrained" / "data").glob("train-*.parquet"))) == 2
+    [bar] = metrics["untrained_baseline"]["comparisons"]
+    assert bar["untrained_fid"] > 0 and bar["ratio"] is not None
+    report = (tmp_path / "out" / "eval" / "report.html").read_text()
+    assert "Synthetic FID (classifier features) is" in report and "untrained FID" in report
     assert main(["eval", str(tmp_path / "out")]) == 0  # and again from the run folder alone

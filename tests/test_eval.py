@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from html import unescape
@@ -53,7 +54,8 @@ def evaluated(tmp_path_factory):
     pd.DataFrame(rows).to_csv(folder / "real.csv", index=False)
 
     run_dir = folder / "run"
-    records = []
+    records, untrained = [], []
+    noise = np.random.default_rng(1)  # its own stream: the synthetic images stay as they were
     for label, n in (("opacity", 12), ("normal", 4)):
         for i in range(n):
             image = _xray(rng, label == "opacity").convert("RGB")
@@ -65,14 +67,20 @@ def evaluated(tmp_path_factory):
                 device="cpu", created_at="t", attempt=1,
             )  # fmt: skip
             records.append(replace(record, image_bytes=encode_image(image, "png", {})))
+            # The untrained baseline stand-in: noise, far from real, so the bar is met.
+            static = Image.fromarray(noise.integers(0, 256, (32, 32), dtype=np.uint8))
+            untrained.append(replace(record, image_bytes=encode_image(static, "png", {})))
     write_shard(records_to_table(records), run_dir / "data" / "train-00000-of-00001.parquet")
+    write_shard(
+        records_to_table(untrained), run_dir / "untrained" / "data" / "train-00000-of-00001.parquet"
+    )
 
     data = base_spec(folder / "model")
     data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
     data["eval"] = {
         "enabled": True, "classifier": "resnet18", "image_size": 32, "epochs": 3,
         "batch_size": 16, "repeats": 2, "synthetic_fractions": [0.5, 1.0], "bootstrap": 100,
-        "fid": ["inception", "classifier"],
+        "fid": ["inception", "classifier"], "untrained_baseline": 16,
     }  # fmt: skip
     spec = load_spec(write_spec(folder, data))
     # An empty torch hub: the Inception weights must be found nowhere, on any machine.
@@ -159,6 +167,46 @@ def test_inception_without_weights_is_skipped_with_a_message(evaluated):
     for row in metrics["fid"]:
         assert row["floor"] is not None and row["n_real"] > 0 and row["n_synthetic"] > 0
     assert "FID (inception) skipped" in (out / "report.html").read_text()
+
+
+def test_the_untrained_baseline_fid_is_reported_beside_the_synthetic_fid(evaluated):
+    _, out = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())
+    for row in metrics["fid"]:  # the same real images as the synthetic figure, per class
+        assert row["n_untrained"] >= 2 and row["untrained_fid"] > row["value"]
+        assert row["ratio_to_untrained"] == pytest.approx(
+            row["value"] / row["untrained_fid"], rel=1e-3
+        )
+    overall = next(r for r in metrics["fid"] if r["class"] == "all")
+    [bar] = metrics["untrained_baseline"]["comparisons"]
+    assert bar["class"] == "all" and bar["ratio"] == overall["ratio_to_untrained"] and bar["met"]
+    sentence = (
+        f"Synthetic FID (classifier features) is {overall['value']:.3f}, the untrained model's is "
+        f"{overall['untrained_fid']:.3f} (ratio {overall['ratio_to_untrained']:.3f}; the bar is "
+        "≤ 0.5): met."
+    )
+    html, markdown = (out / "report.html").read_text(), (out / "report.md").read_text()
+    for report in (html, markdown.replace("\\", "")):  # Markdown escapes its syntax
+        assert sentence in unescape(report) and "untrained FID" in report
+
+
+def test_a_missed_bar_says_so_and_no_baseline_says_nothing(evaluated):
+    from eval.report import metrics_json, report_markdown
+
+    result, _ = evaluated
+    worse = [r | {"ratio_to_untrained": 0.8} for r in result.fid]
+    assert unescape(report_markdown(replace(result, fid=worse))).count("0.5\\): not met.") == 1
+    # Without an overall figure (a class had no synthetic images), each class is compared.
+    per_class = replace(result, fid=[r for r in result.fid if r["class"] != "all"])
+    assert [c["class"] for c in metrics_json(per_class)["untrained_baseline"]["comparisons"]] == [
+        "opacity",
+        "normal",
+    ]
+    assert "features, class opacity\\) is" in report_markdown(per_class)
+    without = [{k: v for k, v in r.items() if "untrained" not in k} for r in result.fid]
+    bare = replace(result, fid=without, fid_notes=[])
+    assert "untrained" not in report_markdown(bare)
+    assert metrics_json(bare)["untrained_baseline"] is None
 
 
 def test_label_fidelity_and_memorisation_are_reported(evaluated):
@@ -251,6 +299,16 @@ def test_a_lora_trained_on_a_test_image_stops_the_evaluation(evaluated, tmp_path
     data["classes"]["opacity"]["lora"] = {"path": str(lora)}
     data["eval"] = {"enabled": True, "image_size": 32, "epochs": 1, "repeats": 1}
     spec = load_spec(write_spec(folder, data, "leaky.yaml"))
+    with pytest.raises(LeakageError, match=r"test image real/test-opacity-0.png trained a LoRA"):
+        evaluate(spec, folder / "run", show_progress=False)
+    # A shipped adapter: its manifest is elsewhere, but the recorded contents still match.
+    digest = hashlib.sha256((folder / "real/test-opacity-0.png").read_bytes()).hexdigest()
+    moved = {
+        "manifest": "/elsewhere/manifest.parquet",
+        "images": ["x.png"],
+        "image_sha256": [digest],
+    }
+    (lora / "training.json").write_text(json.dumps(moved))
     with pytest.raises(LeakageError, match=r"test image real/test-opacity-0.png trained a LoRA"):
         evaluate(spec, folder / "run", show_progress=False)
     (lora / "training.json").unlink()

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from synth.errors import GenerationError, ModelError
 from synth.generate.pipeline import SampleGenerator, is_bad_image
 from synth.generate.render import RenderSettings, ShardRenderer
 from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl, save_random_lora
 from synth.plan import ClassPlan, Plan, retry_seed
-from synth.spec import ClassSpec, Generator, Lora
+from synth.spec import ClassSpec, FastPath, Generator, Lora
 
 pytestmark = pytest.mark.slow
 PROMPT = "Chest x-ray. Lung opacity. Opacity lung base right."
@@ -176,3 +177,37 @@ def test_lora_made_for_a_different_model(small_model, tmp_path):
     classes = {"opacity": ClassSpec(prompts=[PROMPT], lora=Lora(path=foreign))}
     with pytest.raises(ModelError, match="does not fit model"):
         SampleGenerator(_generator(small_model), classes)
+
+
+def _render_pixels(model: Path, classes: dict, fast_path: FastPath) -> tuple[np.ndarray, tuple]:
+    settings = _generator(model).model_copy(update={"fast_path": fast_path})
+    generator = SampleGenerator(settings, classes)
+    images = generator.render(_samples(4))
+    return np.stack([np.asarray(item.image, dtype=int) for item in images]), generator.fast_path
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_the_default_fast_path_stays_within_one_level_of_the_plain_path(
+    small_model, small_lora, with_lora
+):
+    lora = Lora(path=small_lora, scale=1) if with_lora else None
+    classes = {"opacity": ClassSpec(prompts=[PROMPT], lora=lora)}
+    plain = FastPath(channels_last=False, fuse_qkv=False)
+    plain_pixels, _ = _render_pixels(small_model, classes, plain)
+    fast_pixels, applied = _render_pixels(small_model, classes, FastPath())
+    assert np.abs(fast_pixels - plain_pixels).max() <= 1
+    # Fused projections would bypass the LoRA on to_q/to_k/to_v, so they are skipped with one
+    # (the images above would otherwise differ by far more than a level).
+    assert ("fuse_qkv" in applied) is not with_lora
+    assert "channels_last" in applied
+
+
+def test_out_of_gpu_memory_names_the_settings_that_help(small_model, monkeypatch):
+    generator = SampleGenerator(_generator(small_model), {"opacity": ClassSpec(prompts=[PROMPT])})
+
+    def out_of_memory(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(generator, "pipeline", out_of_memory)
+    with pytest.raises(GenerationError, match="out of GPU memory.*batch_size.*vae_decode"):
+        generator.render(_samples(1))

@@ -4,6 +4,7 @@ import pytest
 
 from synth.errors import PlanError
 from synth.plan import (
+    PLAN_COLUMNS,
     ClassPlan,
     Plan,
     plan_counts,
@@ -107,3 +108,15 @@ def test_retry_seeds_differ_from_the_planned_seed():
 
 def test_shard_file_names_follow_hugging_face():
     assert shard_file_name(3, 12) == "train-00003-of-00012.parquet"
+
+
+def test_the_columnar_and_id_views_of_a_shard_agree_with_its_samples():
+    plan = _plan(opacity=5, normal=4, shard_size=4)
+    for shard in range(plan.num_shards):
+        samples = plan.samples_in_shard(shard)
+        columns = plan.columns_in_shard(shard)
+        assert columns == {name: [getattr(s, name) for s in samples] for name in PLAN_COLUMNS}
+        assert plan.sample_ids_in_shard(shard) == columns["sample_id"]
+        assert plan.shard_length(shard) == len(samples)
+    with pytest.raises(IndexError):
+        plan.sample_ids_in_shard(3)

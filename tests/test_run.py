@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from synth.errors import OutputError
-from synth.run import run_spec
+from synth.plan import plan_for_spec
+from synth.run import generation_sha256, run_spec
 from synth.shards import SHARD_SCHEMA
-from synth.spec import load_spec
+from synth.sources import real_counts
+from synth.spec import load_spec, parse_spec
 from tests.conftest import base_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -144,7 +146,7 @@ def test_a_changed_spec_refuses_to_mix_unless_overwritten(
     assert set(pq.read_table(out / "data").column("steps").to_pylist()) == {4}
 
 
-def test_batch_size_is_not_part_of_the_run_identity(
+def test_batch_size_and_the_fast_path_are_not_part_of_the_run_identity(
     spec_path: Path, tmp_path: Path, small_model: Path, small_lora: Path
 ):
     out = tmp_path / "out"
@@ -152,8 +154,37 @@ def test_batch_size_is_not_part_of_the_run_identity(
     (out / "data" / "train-00000-of-00004.parquet").unlink()
     bigger = base_spec(small_model, small_lora)
     bigger["generator"]["batch_size"] = 8
+    bigger["generator"]["fast_path"] = {
+        "attention": "classic",
+        "channels_last": False,
+        "fuse_qkv": False,
+        "vae_decode": "sliced",
+    }
     summary = _run(write_spec(tmp_path, bigger, "bigger.yaml"), out)
     assert summary.shards_written == 1
+
+
+def test_tiled_vae_decoding_changes_the_run_identity(small_model: Path, small_lora: Path):
+    def digest(fast_path: dict) -> str:
+        data = base_spec(small_model, small_lora)
+        data["generator"]["fast_path"] = fast_path
+        spec = parse_spec(yaml.safe_dump(data))
+        return generation_sha256(spec, plan_for_spec(spec, real_counts(spec)))
+
+    assert digest({}) == digest({"channels_last": False, "compile_unet": True})
+    assert digest({}) != digest({"vae_decode": "tiled"})
+
+
+def test_a_finished_run_keeps_its_throughput_for_cost_estimates(
+    spec_path: Path, tmp_path: Path, throughput_file: Path
+):
+    _run(spec_path, tmp_path / "out")
+    (measurement,) = [json.loads(line) for line in throughput_file.read_text().splitlines()]
+    assert measurement["workload"] == {
+        "unet_parameters": 1_976_516, "height": 32, "width": 32, "cfg": True, "dtype": "float32"
+    }  # fmt: skip
+    assert measurement["device"] == "cpu (float32)" and measurement["steps_per_second"] > 0
+    assert measurement["source"] == f"run {tmp_path / 'out'}"
 
 
 def test_a_folder_that_is_not_a_run_is_never_written_into(spec_path: Path, tmp_path: Path):

@@ -78,6 +78,7 @@ def test_loss_goes_down_and_the_record_names_what_trained(tmp_path, manifest, sm
     assert record["rows_per_label"] == {"opacity": 4, "normal": 4}
     assert record["split"] == "train" and len(record["rows_sha256"]) == 64
     assert not {"images/8.png", "images/9.png"} & set(record["images"])  # test rows untouched
+    assert len(record["image_sha256"]) == len(record["images"]) == 8
     assert record["loss_curve"] == summary.losses
     assert record["config"]["class"] == "opacity" and "peft" in record["versions"]
     assert sorted(p.name for p in (tmp_path / "lora" / "validation").iterdir()) == [

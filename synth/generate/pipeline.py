@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -26,12 +27,13 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 from synth.errors import GenerationError, ModelError
 from synth.plan import PlannedSample, retry_seed
-from synth.spec import ClassSpec, Generator
+from synth.spec import ClassSpec, FastPath, Generator
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class SampleGenerator:
             for label, cls in classes.items()
             if cls.lora is not None
         }
+        self.fast_path = apply_fast_path(self.pipeline, generator.fast_path, bool(self.adapters))
         self._active_label: str | None = None
 
     @property
@@ -150,15 +153,20 @@ class SampleGenerator:
     ) -> list[RenderedImage]:
         """Render samples in order, in batches of `batch_size` that never mix classes."""
         rendered: list[RenderedImage] = []
+        for batch in self.render_batches(samples):
+            rendered.extend(batch)
+            if on_batch_done:
+                on_batch_done(len(batch))
+        return rendered
+
+    def render_batches(self, samples: Sequence[PlannedSample]) -> Iterator[list[RenderedImage]]:
+        """`render`, one finished batch at a time, so a caller can encode a batch while the
+        next one renders."""
         for label, class_samples in groupby(samples, key=lambda s: s.label):
             self._activate(label)
             class_samples = list(class_samples)
             for start in range(0, len(class_samples), self.settings.batch_size):
-                batch = class_samples[start : start + self.settings.batch_size]
-                rendered.extend(self._render_batch(batch))
-                if on_batch_done:
-                    on_batch_done(len(batch))
-        return rendered
+                yield self._render_batch(class_samples[start : start + self.settings.batch_size])
 
     def _render_batch(self, batch: list[PlannedSample]) -> list[RenderedImage]:
         results: dict[str, RenderedImage] = {}
@@ -191,7 +199,7 @@ class SampleGenerator:
     def _call_pipeline(self, samples: list[PlannedSample], seeds: list[int]) -> np.ndarray:
         # One torch.Generator per sample: each sample's noise depends on its seed alone.
         generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
+        with torch.inference_mode(), _out_of_memory_advice(self.settings):
             output = self.pipeline(
                 prompt=[s.prompt for s in samples],
                 negative_prompt=[s.negative_prompt for s in samples],
@@ -234,6 +242,47 @@ class SampleGenerator:
                 f"{self.settings.model}; use a LoRA trained for this model"
             )
         return Adapter(path=lora_file, sha256=file_sha256(lora_file), scale=scale)
+
+
+def apply_fast_path(
+    pipeline: StableDiffusionXLPipeline, options: FastPath, lora_loaded: bool
+) -> tuple[str, ...]:
+    """Switch on the fast-path options with diffusers' and torch's own switches; returns the
+    ones applied (recorded with the run's timings)."""
+    applied = [f"attention={options.attention}"]
+    processor = AttnProcessor2_0 if options.attention == "sdpa" else AttnProcessor
+    for model in (pipeline.unet, pipeline.vae):
+        model.set_attn_processor(processor())
+    if options.channels_last:
+        pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
+    # The fused projections copy the base to_q/to_k/to_v weights and bypass LoRA layers on
+    # them, so a LoRA would silently stop acting; and the fused processor is SDPA-only.
+    if options.fuse_qkv and not lora_loaded and options.attention == "sdpa":
+        pipeline.fuse_qkv_projections()
+        applied.append("fuse_qkv")
+    if options.vae_decode == "sliced":
+        pipeline.vae.enable_slicing()
+    elif options.vae_decode == "tiled":
+        pipeline.vae.enable_tiling()
+    applied.append(f"vae_decode={options.vae_decode}")
+    if options.compile_unet:
+        pipeline.unet.compile()  # in place: the pipeline still sees a UNet2DConditionModel
+        applied.append("compile_unet")
+    return tuple(applied)
+
+
+@contextmanager
+def _out_of_memory_advice(settings: Generator):
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise GenerationError(
+            f"out of GPU memory rendering {settings.batch_size} image(s) of "
+            f"{settings.width}x{settings.height}; lower generator.batch_size, or set "
+            "generator.fast_path.vae_decode to sliced (same images) or tiled"
+        ) from None
 
 
 def quiet_libraries() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import torch
@@ -14,6 +16,9 @@ from synth import __version__
 from synth.plan import PlannedSample
 from synth.shards import ImageRecord, encode_image, records_to_table
 from synth.spec import ClassSpec, Generator
+
+if TYPE_CHECKING:
+    from synth.generate.pipeline import RenderedImage
 
 # CPU float results depend on how many threads split each reduction, so every CPU worker uses
 # the same count: then bytes do not depend on how many workers share the machine.
@@ -57,11 +62,25 @@ class ShardRenderer:
         self, samples: list[PlannedSample], on_batch_done: Callable[[int], None] | None = None
     ) -> pa.Table:
         generator = self.generator
-        with _pinned_cpu_threads(generator.device.type == "cpu"):
-            rendered = generator.render(samples, on_batch_done)
-        settings = self.settings.generator
+        # Image encoding runs in a thread while the next batch renders (PIL's encoders release
+        # the GIL), so the GPU does not wait on PNG compression. One thread keeps row order.
+        with (
+            _pinned_cpu_threads(generator.device.type == "cpu"),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as encoder,
+        ):
+            encoded = []
+            for batch in generator.render_batches(samples):
+                encoded.append(encoder.submit(self._records, batch))
+                if on_batch_done:
+                    on_batch_done(len(batch))
+            records = [record for batch in encoded for record in batch.result()]
+        return records_to_table(records)
+
+    def _records(self, batch: list[RenderedImage]) -> list[ImageRecord]:
+        """Shard rows for a rendered batch, images encoded with their provenance."""
+        generator, settings = self.generator, self.settings.generator
         records = []
-        for item in rendered:
+        for item in batch:
             adapter = generator.adapters.get(item.sample.label)
             record = ImageRecord(
                 sample_id=item.sample.sample_id,
@@ -89,7 +108,7 @@ class ShardRenderer:
             )
             image_bytes = encode_image(item.image, self.settings.image_format, record.png_text())
             records.append(replace(record, image_bytes=image_bytes))
-        return records_to_table(records)
+        return records
 
 
 @contextmanager

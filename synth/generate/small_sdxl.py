@@ -43,7 +43,15 @@ class SmallSDXLSize:
     unet_channels: tuple[int, ...] = (32, 64)
     time_embed_dim: int = 8
     vae_channels: tuple[int, ...] = (32, 64)
-    sample_size: int = 32
+    sample_size: int = 32  # pixels
+    unet_layers_per_block: int = 2
+    norm_groups: int = 1
+    attention_heads: tuple[int, ...] | None = None  # default: 2, 4, ... per level
+    transformer_layers: tuple[int, ...] | None = None  # default: 1, 2, ... per level
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae_channels) - 1)
 
 
 def small_clip_tokenizer() -> CLIPTokenizer:
@@ -56,6 +64,17 @@ def small_clip_tokenizer() -> CLIPTokenizer:
     vocab_tokens = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols)]
     vocab = {token: i for i, token in enumerate(vocab_tokens)}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_TOKENS)
+
+
+def sdxl_scheduler() -> EulerDiscreteScheduler:
+    """SDXL base's scheduler config (scheduler/scheduler_config.json)."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
 
 
 def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = None) -> Path:
@@ -84,19 +103,21 @@ def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = N
         in_channels=4,
         out_channels=4,
         block_out_channels=size.unet_channels,
-        layers_per_block=2,
+        layers_per_block=size.unet_layers_per_block,
         down_block_types=("DownBlock2D",)
         + ("CrossAttnDownBlock2D",) * (len(size.unet_channels) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(size.unet_channels) - 1) + ("UpBlock2D",),
-        attention_head_dim=tuple(2 * (i + 1) for i in range(len(size.unet_channels))),
-        transformer_layers_per_block=tuple(i + 1 for i in range(len(size.unet_channels))),
+        attention_head_dim=size.attention_heads
+        or tuple(2 * (i + 1) for i in range(len(size.unet_channels))),
+        transformer_layers_per_block=size.transformer_layers
+        or tuple(i + 1 for i in range(len(size.unet_channels))),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=size.time_embed_dim,
         # SDXL's added conditions: pooled text (projection_dim) + 6 time ids.
         projection_class_embeddings_input_dim=size.text_hidden + 6 * size.time_embed_dim,
         cross_attention_dim=2 * size.text_hidden,
-        norm_num_groups=1,
+        norm_num_groups=size.norm_groups,
     )
     vae = AutoencoderKL(
         in_channels=3,
@@ -105,16 +126,9 @@ def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = N
         down_block_types=("DownEncoderBlock2D",) * len(size.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(size.vae_channels),
         latent_channels=4,
-        norm_num_groups=1,
+        norm_num_groups=size.norm_groups,
         sample_size=size.sample_size,
         scaling_factor=0.13025,
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-        steps_offset=1,
     )
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
@@ -123,7 +137,7 @@ def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = N
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=sdxl_scheduler(),
     )
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder

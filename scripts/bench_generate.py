@@ -1,0 +1,241 @@
+"""Benchmark generation: the engine (`synth run` through Ray) against a bare diffusers loop.
+
+    python scripts/bench_generate.py --device cpu --json bench-cpu.json
+    python scripts/bench_generate.py --device cuda --json bench-gpu.json    # on a GPU machine
+
+Prints, as tables: bare and engine images/s after warm-up and their ratio, start-up time, each
+fast-path option's speed and largest pixel difference from the plain path, and the time and
+memory of planning and resume-checking a ten-million-image run. CPU mode uses the small
+SDXL-architecture model; GPU mode the full-size SDXL architecture with random weights at
+1024², 30 steps, CFG, bf16, adding per batch size images/s, ms per UNet step, peak GPU memory
+and MFU. The engine's figure is kept for `synth plan`'s cost estimates (synth.throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from synth.bench import (
+    BenchSettings,
+    bare_loop,
+    bf16_peak_flops,
+    engine_run,
+    fast_path_options,
+    plan_at_scale,
+    profile_summary,
+    resume_check_at_scale,
+)
+from synth.generate.pipeline import DTYPES
+from synth.generate.sdxl_architecture import (
+    build_sdxl_pipeline,
+    count_image_flops,
+    save_sdxl_pipeline,
+)
+from synth.generate.small_sdxl import build_small_sdxl
+from synth.throughput import Workload, record_measurement, unet_parameters
+
+MODES = {
+    # device: (images, batch size, side, steps, dtype, shard size)
+    "cpu": (256, 4, 32, 4, "float32", 32),
+    "cuda": (64, 4, 1024, 30, "bfloat16", 16),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=sorted(MODES), default="cpu")
+    parser.add_argument("--images", type=int, help="images per side (default: 256 CPU, 64 GPU)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--size", type=int, help="image side in pixels (default: 32 CPU, 1024)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-sizes", default="1,2,4,8", help="GPU sweep of the bare loop")
+    parser.add_argument("--option-images", type=int, default=32, help="images per option")
+    parser.add_argument("--compile", action="store_true", help="also time compile_unet")
+    parser.add_argument("--scale-samples", type=int, default=10_000_000)
+    parser.add_argument("--skip-options", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write a torch.profiler summary here")
+    parser.add_argument("--peak-tflops", type=float, help="bf16 peak, for an unlisted GPU")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible here")
+    images, batch, side, steps, dtype, shard = MODES[args.device]
+    folder = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    if args.device == "cpu":
+        model = build_small_sdxl(folder / "small-sdxl")
+    else:
+        model = save_sdxl_pipeline(folder / "sdxl-random", DTYPES[dtype], "cuda")
+    settings = BenchSettings(
+        device=args.device,
+        model=model,
+        images=args.images or images,
+        batch_size=args.batch_size or batch,
+        height=args.size or side,
+        width=args.size or side,
+        steps=args.steps or steps,
+        guidance_scale=7.0,
+        dtype=dtype,
+        # At least four shards, so the engine has a rate after its first (warm-up) shard.
+        shard_size=max(1, min(shard, (args.images or images) // 4)),
+    )
+    figures: dict = {"device": _device_name(args.device), "settings": _settings_json(settings)}
+
+    # The bare loop runs before and after the engine and the two are averaged, so load from
+    # other processes that comes and goes during the run weighs on both sides alike.
+    before = bare_loop(settings)
+    engine = engine_run(settings, folder)
+    in_process = engine_run(settings, folder, in_process=True)
+    after = bare_loop(settings)
+    bare = replace(
+        before, images_per_second=(before.images_per_second + after.images_per_second) / 2
+    )
+    figures.update(
+        bare_images_per_s_before_after=[
+            round(before.images_per_second, 3),
+            round(after.images_per_second, 3),
+        ],
+        bare_images_per_s=round(bare.images_per_second, 3),
+        engine_images_per_s=round(engine.steady_images_per_second, 3),
+        engine_images_per_s_overall=round(engine.images_per_second, 3),
+        ratio=round(engine.steady_images_per_second / bare.images_per_second, 3),
+        engine_in_process_images_per_s=round(in_process.steady_images_per_second, 3),
+        startup_s=round(engine.startup_seconds, 2),
+        bare_load_s=round(bare.load_seconds, 2),
+        ms_per_unet_step=round(bare.ms_per_unet_step, 2),
+    )
+    _print_table(
+        ["", "images/s after warm-up", "start-up s"],
+        [
+            ["bare diffusers loop", f"{bare.images_per_second:.2f}", f"{bare.load_seconds:.1f}"],
+            ["engine (synth run, Ray)", f"{engine.steady_images_per_second:.2f}",
+             f"{engine.startup_seconds:.1f}"],
+            ["engine in-process (no Ray)", f"{in_process.steady_images_per_second:.2f}",
+             f"{in_process.startup_seconds:.1f}"],
+            ["engine / bare", f"{figures['ratio']:.3f}", ""],
+        ],
+    )  # fmt: skip
+    parameters = unet_parameters(str(model))
+    workload = Workload(parameters, settings.height, settings.width, True, settings.dtype)
+    steps_per_second = engine.steady_images_per_second * settings.steps
+    record_measurement(
+        workload, figures["device"], steps_per_second, engine.startup_seconds, "bench"
+    )
+
+    flops = count_image_flops(
+        build_sdxl_pipeline(torch.bfloat16, "meta") if args.device == "cuda" else _meta_copy(model),
+        settings.height,
+        settings.width,
+        settings.steps,
+        cfg=True,
+    )
+    figures["tflop_per_image"] = round(flops.per_image / 1e12, 4)
+    figures["tflop_per_unet_call"] = round(flops.unet_call / 1e12, 4)
+    if args.device == "cuda":
+        figures["batch_sizes"] = _sweep(settings, args, flops.per_image)
+    if not args.skip_options:
+        options = fast_path_options(replace(settings, images=args.option_images), args.compile)
+        figures["fast_path"] = [asdict(option) for option in options]
+        _print_table(
+            ["option", "images/s", "max abs diff vs plain", "first batch s"],
+            [[o.name, f"{o.images_per_second:.2f}", f"{o.max_abs_difference:.2e}",
+              f"{o.first_batch_seconds:.1f}"] for o in options],
+        )  # fmt: skip
+    if not args.skip_scale:
+        planned = plan_at_scale(args.scale_samples)
+        checked = resume_check_at_scale(args.scale_samples)
+        figures.update(
+            plan_10m_s=round(planned.seconds, 2),
+            resume_check_10m_s=round(checked.seconds, 2),
+            peak_rss_gb=round(max(planned.peak_rss_gb, checked.peak_rss_gb), 3),
+            scale_samples=args.scale_samples,
+        )
+        _print_table(
+            [f"{args.scale_samples:,} samples", "seconds", "peak RSS GB"],
+            [
+                [
+                    "plan (plan.parquet written)",
+                    f"{planned.seconds:.1f}",
+                    f"{planned.peak_rss_gb:.2f}",
+                ],
+                [
+                    "resume check (every shard read)",
+                    f"{checked.seconds:.1f}",
+                    f"{checked.peak_rss_gb:.2f}",
+                ],
+            ],
+        )
+    if args.profile:
+        args.profile.write_text(profile_summary(settings), encoding="utf-8")
+        print(f"profile: {args.profile}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        print(f"figures: {args.json}")
+
+
+def _sweep(settings: BenchSettings, args: argparse.Namespace, flops_per_image: int) -> list:
+    """The bare loop per batch size: images/s, ms per UNet step, peak memory, MFU."""
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else bf16_peak_flops(_device_name("cuda"))
+    rows, table = [], []
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        loop = bare_loop(replace(settings, batch_size=batch_size, images=4 * batch_size))
+        achieved = flops_per_image * loop.images_per_second
+        mfu = achieved / peak if peak else None
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "images_per_s": round(loop.images_per_second, 3),
+                "ms_per_unet_step": round(loop.ms_per_unet_step, 2),
+                "peak_gpu_memory_gb": round(loop.peak_gpu_memory_gb or 0, 2),
+                "achieved_tflop_s": round(achieved / 1e12, 1),
+                "mfu": None if mfu is None else round(mfu, 3),
+            }
+        )
+        mfu_text = "n/a" if mfu is None else f"{mfu:.1%}"
+        table.append([str(batch_size), f"{loop.images_per_second:.3f}",
+                      f"{loop.ms_per_unet_step:.1f}", f"{loop.peak_gpu_memory_gb:.1f}",
+                      f"{achieved / 1e12:.0f}", mfu_text])  # fmt: skip
+    _print_table(
+        ["batch", "images/s", "ms per UNet step", "peak GPU GB", "TFLOP/s", "MFU (bf16 peak)"],
+        table,
+    )
+    return rows
+
+
+def _meta_copy(model: Path):
+    """The model folder's pipeline with its weights on the meta device, for FLOP counting."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipeline = StableDiffusionXLPipeline.from_pretrained(model)
+    for component in (pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2):
+        component.to("meta")
+    return pipeline
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (cuda, bfloat16)"
+    return "cpu (float32)"
+
+
+def _settings_json(settings: BenchSettings) -> dict:
+    data = asdict(settings)
+    data.update(model=str(settings.model), fast_path=settings.fast_path.model_dump())
+    return data
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    print()
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

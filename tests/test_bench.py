@@ -1,0 +1,43 @@
+"""The generation benchmark's parts, on the small model and small counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synth.bench import (
+    BenchSettings,
+    bare_loop,
+    bf16_peak_flops,
+    plan_at_scale,
+    resume_check_at_scale,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_bare_loop_times_batches_after_a_warm_up(small_model: Path):
+    settings = BenchSettings(
+        device="cpu", model=small_model, images=8, batch_size=4, height=32, width=32, steps=3,
+        guidance_scale=7.0, dtype="float32", shard_size=4,
+    )  # fmt: skip
+    result = bare_loop(settings)
+    assert result.images_per_second > 0 and result.ms_per_unet_step > 0
+    assert result.pixels.shape == (8, 32, 32, 3) and np.isfinite(result.pixels).all()
+    assert result.peak_gpu_memory_gb is None
+
+
+def test_scale_bookkeeping_runs_in_a_fresh_process_and_checks_every_shard():
+    planned = plan_at_scale(5_000)
+    checked = resume_check_at_scale(5_000, shard_size=64)
+    for result in (planned, checked):
+        assert result.seconds > 0 and 0.05 < result.peak_rss_gb < 2
+
+
+def test_mfu_uses_the_listed_bf16_peaks():
+    assert bf16_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bf16_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bf16_peak_flops("NVIDIA H200") == 989e12
+    assert bf16_peak_flops("a CPU") is None
