@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synth.spec import CountsSource, IUXraySource, ManifestSource, Spec
+from synth.spec import CountsSource, IUXraySource, ManifestSource, PhantomSource, Spec
 
 TRAIN_SPLIT = "train"
 
@@ -44,6 +44,10 @@ def read_real_images(spec: Spec) -> list[RealImage]:
         from synth.sources.iu_xray import load_iu_source
 
         return load_iu_source(source).real_images
+    if isinstance(source, PhantomSource):
+        from synth.sources.phantom import read_phantom_images
+
+        return read_phantom_images(source)
     return []
 
 
