@@ -1,0 +1,56 @@
+"""The offline quickstart: the shipped phantom-trained model, and the mission end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eval.arms import CONTROL, PRETRAIN, REAL, SYNTH_ONLY, synth_arm_name
+from synth.cli import main
+from synth.spec import PhantomSource, load_spec
+from tests.conftest import write_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "specs" / "quickstart.yaml"
+
+
+def test_the_quickstart_uses_the_shipped_model_and_a_verified_lora():
+    spec = load_spec(QUICKSTART)
+    assert isinstance(spec.source, PhantomSource)
+    model = Path(spec.generator.model)
+    assert (model / "model_index.json").is_file()
+    pretraining = json.loads((model / "pretraining.json").read_text())
+    assert pretraining["unet_loss_first_last"][1] < pretraining["unet_loss_first_last"][0]
+    lora = spec.classes["opacity"].lora
+    assert lora is not None
+    record = json.loads((lora.path / "training.json").read_text())
+    assert record["split"] == "train" and record["rows_per_label"]["opacity"] > 0
+    assert len(record["image_sha256"]) == record["rows"]
+    assert spec.eval.enabled and spec.eval.repeats >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_reduced_quickstart_runs_the_whole_mission(tmp_path: Path, capsys):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    shipped = ROOT / "models" / "quickstart"
+    data["source"].update(path=str(tmp_path / "phantom"), count=240)
+    data["generator"].update(model=str(shipped / "small-sdxl-phantom"), steps=4)
+    data["classes"]["opacity"]["lora"]["path"] = str(shipped / "lora-opacity")
+    data["output"]["dir"] = "out"
+    data["eval"].update(epochs=1, image_size=32, bootstrap=50, untrained_baseline=16)
+    assert main(["run", str(write_spec(tmp_path, data))]) == 0
+    printed = capsys.readouterr().out
+    report = tmp_path / "out" / "eval" / "report.html"
+    assert f"report: {report}" in printed
+    metrics = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    names = {arm["name"] for arm in metrics["arms"]}
+    fractions = data["eval"]["synthetic_fractions"]
+    assert names == {REAL, CONTROL, SYNTH_ONLY, PRETRAIN, *map(synth_arm_name, fractions)}
+    assert all(arm["repeats"] == 2 for arm in metrics["arms"])
+    assert metrics["label_fidelity"]["opacity"] is not None
+    assert "untrained" in json.dumps(metrics["fid"])
+    assert report.stat().st_size > 10_000
