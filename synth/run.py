@@ -238,7 +238,7 @@ def render_untrained_baseline(
     created_at = json.loads((out / "run.json").read_text(encoding="utf-8"))["created_at"]
     settings = untrained_settings(spec, folder / MODEL_DIR, spec_sha256, created_at)
     bar = tqdm(
-        total=sum(len(baseline.samples_in_shard(s)) for s in missing),
+        total=sum(baseline.shard_length(s) for s in missing),
         unit="img",
         desc=f"{spec.name}: untrained baseline",
         disable=not show_progress,

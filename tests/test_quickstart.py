@@ -53,4 +53,5 @@ def test_a_reduced_quickstart_runs_the_whole_mission(tmp_path: Path, capsys):
     assert all(arm["repeats"] == 2 for arm in metrics["arms"])
     assert metrics["label_fidelity"]["opacity"] is not None
     assert "untrained" in json.dumps(metrics["fid"])
+    assert metrics["untrained_baseline"]["comparisons"][0]["untrained_fid"] > 0
     assert report.stat().st_size > 10_000

@@ -71,16 +71,16 @@ def pretrain_small_sdxl(
     if _stage_digest(vae_stage) == stage_key:
         pipeline = StableDiffusionXLPipeline.from_pretrained(folder, use_safetensors=True)
         vae_losses = json.loads(vae_stage.read_text())["losses"]
+        latent_mean, latent_std = _encode(pipeline.vae, pixels)
     else:
         build_small_sdxl(folder, seed=settings.seed, size=settings.size)
         pipeline = StableDiffusionXLPipeline.from_pretrained(folder, use_safetensors=True)
         vae_losses = _train_vae(pipeline.vae, pixels, settings, show_progress)
-        latent_mean, _ = _encode(pipeline.vae, pixels)
+        latent_mean, latent_std = _encode(pipeline.vae, pixels)
         # Unit-variance latents, as SDXL's scaling_factor gives its UNet.
         pipeline.vae.register_to_config(scaling_factor=float(1.0 / latent_mean.std()))
         pipeline.vae.save_pretrained(folder / "vae", safe_serialization=True)
         write_text_atomic(vae_stage, json.dumps({"digest": stage_key, "losses": vae_losses}))
-    latent_mean, latent_std = _encode(pipeline.vae, pixels)
     scaling = pipeline.vae.config.scaling_factor
     unet_losses = _train_unet(pipeline, latent_mean, latent_std, captions, settings, show_progress)
     pipeline.save_pretrained(folder, safe_serialization=True)

@@ -222,10 +222,10 @@ def materialise_phantom(source: PhantomSource) -> Path:
     crash never leaves a half-drawn dataset that looks complete."""
     folder = source.path
     manifest = folder / MANIFEST_NAME
-    digest = phantom_digest(source)
-    if _recorded_digest(folder) == digest and manifest.is_file():
+    digest, recorded = phantom_digest(source), _recorded_digest(folder)
+    if recorded == digest and manifest.is_file():
         return manifest
-    if folder.exists() and any(folder.iterdir()) and _recorded_digest(folder) is None:
+    if folder.exists() and any(folder.iterdir()) and recorded is None:
         raise SourceError(
             f"source.path {folder}: folder exists and is not a synth phantom; "
             "point source.path at a new or phantom-only folder"
@@ -236,7 +236,8 @@ def materialise_phantom(source: PhantomSource) -> Path:
         (staging / "images").mkdir(parents=True)
         table = phantom_table(source)
         for row in table.itertuples(index=False):
-            params = PhantomParameters(**_parameters_from_json(row.parameters))
+            # The parameters are pure functions of (seed, index, label): drawn again, not parsed.
+            params = phantom_parameters(source.seed, row.index, row.label, source.difficulty)
             pixels = draw_phantom(params, source.image_size, source.seed, row.index)
             Image.fromarray(pixels, mode="L").save(staging / row.path, optimize=False)
         table.to_parquet(staging / MANIFEST_NAME, index=False)
@@ -255,12 +256,6 @@ def materialise_phantom(source: PhantomSource) -> Path:
             shutil.rmtree(folder)
         staging.rename(folder)
     return manifest
-
-
-def _parameters_from_json(text: str) -> dict:
-    params = json.loads(text)
-    params["opacities"] = tuple(Opacity(**o) for o in params["opacities"])
-    return params
 
 
 def _recorded_digest(folder: Path) -> str | None:
