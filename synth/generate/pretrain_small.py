@@ -10,6 +10,7 @@ and the pooled-text time embedding. Class-specific adapters are trained afterwar
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,9 +66,16 @@ def pretrain_small_sdxl(
         raise SourceError(f"{manifest}: no train-split images to pretrain on")
     pixels = _load_pixels([row.path for row in rows], settings.size.sample_size)
     captions = [row.caption or "" for row in rows]
-    # The VAE stage is saved when done, so an interrupted build resumes at the UNet.
+    # The VAE stage is saved when done, so an interrupted build resumes at the UNet. Its key
+    # holds the pixels, not only the manifest's path: a phantom is redrawn in place.
     vae_stage = folder / "vae-stage.json"
-    stage_key = sha256_of_json({"settings": asdict(settings), "manifest": str(manifest)})
+    stage_key = sha256_of_json(
+        {
+            "settings": asdict(settings),
+            "manifest": str(manifest),
+            "pixels": hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
+        }
+    )
     if _stage_digest(vae_stage) == stage_key:
         pipeline = StableDiffusionXLPipeline.from_pretrained(folder, use_safetensors=True)
         vae_losses = json.loads(vae_stage.read_text())["losses"]
