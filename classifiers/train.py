@@ -1,5 +1,6 @@
 """The classifier training loop: AdamW, cosine schedule, early stopping on validation AUC,
-optional class weighting, AMP on GPU, fixed seeds. Reads top to bottom."""
+optional class weighting, bf16 autocast where the hardware has it, fixed seeds. Reads top to
+bottom."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifiers.data import ImageSet, LabelledImage
+from classifiers.data import (
+    ImageSet,
+    LabelledImage,
+    augment_batch,
+    to_model_input,
+    train_read_side,
+)
 from classifiers.models import build_classifier, penultimate_features
 
 
@@ -28,6 +35,7 @@ class TrainSettings:
     patience: int = 5  # epochs without a better validation AUC before stopping
     class_weighted: bool = True
     seed: int = 0
+    precision: str = "auto"  # "auto": bf16 autocast where the device has bf16; "float32"
 
 
 @dataclass
@@ -49,6 +57,21 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def uses_bfloat16(run_on: torch.device, precision: str) -> bool:
+    """bf16 autocast on a GPU, and on a CPU whose oneDNN has native bf16 (AVX-512 BF16 or
+    AMX), where it trains the small CNNs about 1.5x faster; elsewhere bf16 is emulated and
+    slower, so float32."""
+    if precision != "auto":
+        return False
+    return run_on.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _autocast(run_on: torch.device, settings: TrainSettings) -> torch.autocast:
+    return torch.autocast(
+        run_on.type, dtype=torch.bfloat16, enabled=uses_bfloat16(run_on, settings.precision)
+    )
+
+
 def train_classifier(
     train: list[LabelledImage],
     val: list[LabelledImage],
@@ -66,11 +89,12 @@ def train_classifier(
     run_on = device()
     model.to(run_on).to(memory_format=torch.channels_last)
     loader = DataLoader(
-        ImageSet(train, settings.image_size, train=True),
+        ImageSet(train, train_read_side(settings.image_size)),
         batch_size=settings.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(settings.seed),
     )
+    augmentation = torch.Generator().manual_seed(settings.seed + 1)
     counts = np.bincount([item.label for item in train], minlength=num_classes).astype(float)
     class_weights = (
         torch.tensor(counts.sum() / np.maximum(counts, 1) / num_classes, dtype=torch.float32)
@@ -81,7 +105,10 @@ def train_classifier(
         weight=class_weights.to(run_on) if class_weights is not None else None
     )
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        model.parameters(),
+        lr=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        fused=True,  # one kernel for all parameters: a tenth of a CPU step otherwise
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=settings.epochs * max(len(loader), 1)
@@ -90,8 +117,9 @@ def train_classifier(
     for _ in range(settings.epochs):
         model.train()
         for images, labels in loader:
-            images, labels = images.to(run_on), labels.to(run_on)
-            with torch.autocast(run_on.type, dtype=torch.bfloat16, enabled=run_on.type == "cuda"):
+            images = augment_batch(images.to(run_on), settings.image_size, augmentation)
+            labels = labels.to(run_on)
+            with _autocast(run_on, settings):
                 loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -141,11 +169,9 @@ def extract_features(
 def _run(model, items, settings, forward) -> np.ndarray:
     model.eval()
     run_on = device()
-    loader = DataLoader(
-        ImageSet(items, settings.image_size, train=False), batch_size=settings.batch_size
-    )
+    loader = DataLoader(ImageSet(items, settings.image_size), batch_size=settings.batch_size)
     outputs = []
     for images, _ in loader:
-        with torch.autocast(run_on.type, dtype=torch.bfloat16, enabled=run_on.type == "cuda"):
-            outputs.append(forward(model, images.to(run_on)).cpu().numpy())
+        with _autocast(run_on, settings):
+            outputs.append(forward(model, to_model_input(images).to(run_on)).cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0))

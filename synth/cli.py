@@ -170,10 +170,11 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _report_eval(spec, run_dir: Path) -> None:
     from eval.evaluate import evaluate
+    from eval.report import untrained_sentences
 
     result = evaluate(spec, run_dir)
-    for verdict in result.verdicts:
-        print(verdict)
+    for line in [*result.verdicts, *untrained_sentences(result)]:
+        print(line)
     print(f"report: {run_dir / 'eval' / 'report.html'} ({result.seconds:.1f} s)")
 
 

@@ -29,8 +29,6 @@ SHARDS_IN_FLIGHT_PER_WORKER = 2
 # A shard whose worker died this many times is more likely killing workers than unlucky.
 MAX_WORKER_DEATHS_PER_SHARD = 3
 _POLL_SECONDS = 0.5
-# How long a new worker may wait for its resources (a GPU, a CPU) before the run gives up.
-WORKER_START_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -176,7 +174,16 @@ def _schedule(
         # A fractional CPU share when workers outnumber cores: every actor can be placed.
         actor_options = {"num_cpus": min(1.0, resources.get("CPU", 1) / count)}
     worker_class = ray.remote(_ShardWorker).options(max_restarts=0, **actor_options)
-    progress = ray.remote(_ProgressBoard).options(num_cpus=0).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's own node: a board placed on a worker node would die with that node and
+    # take the run with it, though the run can survive losing any worker node.
+    driver_node = NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False
+    )
+    progress = (
+        ray.remote(_ProgressBoard).options(num_cpus=0, scheduling_strategy=driver_node).remote()
+    )
     plan_ref = ray.put(plan)
     queue = deque(shards)
     assigned: dict = {}  # live worker -> its shards in submission order; the first is running
@@ -197,7 +204,7 @@ def _schedule(
         for _ in range(count):
             start_worker()
         while queue or in_flight:
-            _note_started_workers(starting, assigned, actor_options)
+            _note_started_workers(starting, assigned, actor_options, compute.worker_start_timeout_s)
             for worker, pending in assigned.items():
                 # Only started workers get shards: one that is never placed (its node is gone,
                 # no GPU is free) must not hold shards the live workers could render.
@@ -263,7 +270,9 @@ def _schedule(
     return report
 
 
-def _note_started_workers(starting: dict, assigned: dict, actor_options: dict) -> None:
+def _note_started_workers(
+    starting: dict, assigned: dict, actor_options: dict, timeout_s: float
+) -> None:
     """Move workers whose actor process is up out of `starting`. A run stalls only if no worker
     at all can start; then it stops with an error instead of waiting forever."""
     import ray
@@ -277,10 +286,11 @@ def _note_started_workers(starting: dict, assigned: dict, actor_options: dict) -
             del starting[worker]
     live = [worker for worker in assigned if worker not in starting]
     oldest = min((asked_at for _, asked_at in starting.values()), default=None)
-    if not live and oldest is not None and time.monotonic() - oldest > WORKER_START_TIMEOUT_S:
+    if not live and oldest is not None and time.monotonic() - oldest > timeout_s:
         raise SynthError(
-            f"no worker with {actor_options} could start within {WORKER_START_TIMEOUT_S} s: "
-            "the Ray cluster lacks free resources; free them, or lower compute.num_workers"
+            f"no worker with {actor_options} could start within {timeout_s:g} s: the Ray "
+            "cluster lacks free resources; free them, lower compute.num_workers, or raise "
+            "compute.worker_start_timeout_s"
         )
 
 

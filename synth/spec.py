@@ -212,6 +212,9 @@ class Compute(StrictModel):
     ray_address: str | None = None
     num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     gpus_per_worker: Annotated[float, Field(gt=0)] = 1
+    # How long the run waits for a first worker to be placed (a GPU, a CPU to free up on a
+    # busy cluster, a node to join) before it stops with an error instead of hanging.
+    worker_start_timeout_s: Annotated[float, Field(gt=0)] = 600
 
 
 class Output(StrictModel):
@@ -246,6 +249,9 @@ class EvalSpec(StrictModel):
     # Images rendered by a random-weight copy of generator.model (0 = none): their FID against
     # real is the yardstick the synthetic FID is judged by (the bar: at most half of it).
     untrained_baseline: Annotated[int, Field(ge=0, le=100_000)] = 0
+    # "auto": classifiers train under bf16 autocast where the device computes bf16 natively
+    # (GPUs; CPUs with AVX-512 BF16 or AMX), float32 elsewhere. "float32" always.
+    precision: Literal["auto", "float32"] = "auto"
 
 
 class Spec(StrictModel):

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from classifiers.data import augment_batch, load_square, to_model_input, train_read_side
 from classifiers.models import ARCHITECTURES, build_classifier, penultimate_features
 from synth.spec import EvalSpec
 
@@ -23,3 +25,38 @@ def test_every_architecture_takes_one_channel_and_exposes_its_features(name):
 def test_the_spec_offers_exactly_the_built_architectures():
     offered = EvalSpec.model_fields["classifier"].annotation.__args__
     assert sorted(offered) == sorted(ARCHITECTURES)
+
+
+def _quadrant_image(side: int) -> torch.Tensor:
+    """Black with a white upper-left quadrant: any flip or transposed axis moves it."""
+    image = torch.zeros(1, side, side, dtype=torch.uint8)
+    image[:, : side // 2, : side // 2] = 255
+    return image
+
+
+def test_batch_augmentation_is_seeded_per_image_and_keeps_the_anatomy_in_place():
+    side, size = train_read_side(48), 48
+    batch = _quadrant_image(side).expand(8, -1, -1, -1).contiguous()
+    first = augment_batch(batch, size, torch.Generator().manual_seed(3))
+    again = augment_batch(batch, size, torch.Generator().manual_seed(3))
+    assert first.shape == (8, 1, size, size) and torch.equal(first, again)
+    assert first.min() >= -1 and first.max() <= 1
+    # Each image of the batch draws its own crop, turn and jitter.
+    assert len({tuple(image.flatten().tolist()) for image in first}) == 8
+    half = size // 2
+    upper_left = first[:, :, : half - 4, : half - 4].mean(dim=(1, 2, 3))
+    elsewhere = first[:, :, half + 4 :, :].mean(dim=(1, 2, 3))
+    assert (upper_left > 0.6).all() and (elsewhere < -0.9).all()
+
+
+def test_unaugmented_input_is_the_centre_square_scaled_to_minus_one_to_one(tmp_path):
+    from PIL import Image
+
+    wide = np.zeros((40, 80), dtype=np.uint8)
+    wide[:, 20:60] = 200  # the centre square; the side bands are cropped away
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    square = load_square(path, 16)
+    assert square.shape == (16, 16) and (square == 200).all()
+    scaled = to_model_input(torch.from_numpy(square)[None, None])
+    assert torch.allclose(scaled, torch.full_like(scaled, 200 / 127.5 - 1))
