@@ -14,21 +14,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from classifiers.data import LabelledImage, load_gray
+from classifiers.data import LabelledImage, load_square
 from classifiers.train import (
     TrainedClassifier,
     TrainSettings,
+    device,
     extract_features,
     predict_scores,
-    train_classifier,
+    uses_bfloat16,
 )
 from eval.arms import (
     CONTROL,
-    PRETRAIN,
     REAL,
-    Arm,
     LeakageError,
     assert_no_leakage,
     build_arms,
@@ -36,6 +34,7 @@ from eval.arms import (
     synth_arm_name,
 )
 from eval.fid import ClassifierFeatures, distance, inception_weights
+from eval.ground_truth import detection_by_lesion
 from eval.metrics import (
     bootstrap_aucs,
     bootstrap_indices,
@@ -49,10 +48,12 @@ from eval.metrics import (
     youden_threshold,
 )
 from eval.report import EvalResult, write_outputs
+from eval.train_arms import ArmJob, train_arms
 from synth.errors import SourceError, SynthError
 from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
 from synth.sources import read_real_images
-from synth.spec import Spec
+from synth.sources.phantom import OPACITY, read_phantom_lesions
+from synth.spec import PhantomSource, Spec
 from synth.versions import library_versions
 
 SPLITS = ("train", "val", "test")
@@ -83,25 +84,27 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
 
     test_labels = np.array([item.label for item in data.test])
     val_labels = np.array([item.label for item in data.val])
+    # The same seed for every arm within a repeat: arm-vs-real differences are paired.
+    jobs = [
+        ArmJob(
+            arm,
+            repeat,
+            _train_settings(spec, seed=spec.seed + repeat),
+            keep_model=arm.name == REAL and repeat == 0,  # the judge of FID and label fidelity
+        )
+        for repeat in range(settings.repeats)
+        for arm in arms
+    ]
     runs: dict[str, list[np.ndarray]] = {arm.name: [] for arm in arms}
     val_runs: dict[str, list[np.ndarray]] = {arm.name: [] for arm in arms}
-    real_only: TrainedClassifier | None = None
     starts: dict[str, str] = {}
-    bar = tqdm(
-        total=len(arms) * settings.repeats, unit="model", desc="eval", disable=not show_progress
-    )
-    for repeat in range(settings.repeats):
-        # The same seed for every arm within a repeat: arm-vs-real differences are paired.
-        train_settings = _train_settings(spec, seed=spec.seed + repeat)
-        for arm in arms:
-            model = _train_arm(arm, data.val, num_classes, train_settings)
-            starts[arm.name] = model.weights
-            runs[arm.name].append(predict_scores(model.model, data.test, train_settings))
-            val_runs[arm.name].append(predict_scores(model.model, data.val, train_settings))
-            if arm.name == REAL and repeat == 0:
-                real_only = model
-            bar.update(1)
-    bar.close()
+    real_only: TrainedClassifier | None = None
+    for outcome in train_arms(jobs, data.val, data.test, num_classes, show_progress):
+        runs[outcome.arm_name].append(outcome.test_scores)
+        val_runs[outcome.arm_name].append(outcome.val_scores)
+        starts[outcome.arm_name] = outcome.weights
+        if outcome.classifier is not None:
+            real_only = outcome.classifier
     assert real_only is not None
 
     resamples = bootstrap_indices(len(test_labels), settings.bootstrap, spec.seed)
@@ -162,6 +165,10 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
             }
         )
 
+    ground_truth = None
+    if isinstance(spec.source, PhantomSource):
+        ground_truth = _detection_by_lesion(spec.source, data, runs, val_runs)
+
     train_settings = _train_settings(spec, seed=spec.seed)
     fid_rows, fid_notes = _fid_table(spec, data, real_only, train_settings)
     fidelity, fidelity_at_thresholds, memo, memo_pairs, reference_name = {}, {}, None, [], ""
@@ -207,10 +214,15 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
         },
         synthetic_rows=data.synthetic_rows,
         synthetic_examples=data.synthetic,
-        config=settings.model_dump(mode="json") | {"classifier_weights": real_only.weights},
+        config=settings.model_dump(mode="json")
+        | {
+            "classifier_weights": real_only.weights,
+            "autocast": "bfloat16" if uses_bfloat16(device(), settings.precision) else "off",
+        },
         versions=library_versions(),
         unreadable_real_images=data.unreadable,
         seconds=0.0,
+        ground_truth=ground_truth,
     )
     result.seconds = time.perf_counter() - started
     write_outputs(result, run_dir / "eval")
@@ -349,6 +361,29 @@ def _memorisation_reference(data: EvalData) -> tuple[list[LabelledImage], str]:
     return data.train, "the real train split (no LoRA training record found)"
 
 
+def _detection_by_lesion(
+    source: PhantomSource,
+    data: EvalData,
+    runs: dict[str, list[np.ndarray]],
+    val_runs: dict[str, list[np.ndarray]],
+) -> dict:
+    """Each arm's opacity sensitivity on the test images by lesion contrast and size, from the
+    phantom's ground truth, at the per-repeat validation thresholds of its per-class figures."""
+    lesions = read_phantom_lesions(source, [item.key for item in data.test])
+    c = data.classes.index(OPACITY)
+    val_positives = np.array([item.label == c for item in data.val])
+    return detection_by_lesion(
+        lesions["opacity_count"].to_numpy(),
+        lesions["opacity_contrast"].to_numpy(dtype=float),
+        lesions["opacity_radius"].to_numpy(dtype=float),
+        {arm: [scores[:, c] for scores in arm_runs] for arm, arm_runs in runs.items()},
+        {
+            arm: [youden_threshold(val_positives, scores[:, c]) for scores in arm_runs]
+            for arm, arm_runs in val_runs.items()
+        },
+    )
+
+
 def _train_settings(spec: Spec, seed: int) -> TrainSettings:
     e = spec.eval
     return TrainSettings(
@@ -360,14 +395,8 @@ def _train_settings(spec: Spec, seed: int) -> TrainSettings:
         patience=e.patience,
         class_weighted=e.class_weighted,
         seed=seed,
+        precision=e.precision,
     )
-
-
-def _train_arm(arm: Arm, val, num_classes: int, settings: TrainSettings) -> TrainedClassifier:
-    if arm.name == PRETRAIN:
-        pretrained = train_classifier(list(arm.pretrain), val, num_classes, settings)
-        return train_classifier(list(arm.train), val, num_classes, settings, start_from=pretrained)
-    return train_classifier(list(arm.train), val, num_classes, settings)
 
 
 def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], list[str]]:
@@ -425,16 +454,40 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
             if c is None:
                 untrained = _match_class_mix(untrained, real, untrained_rng)
             if len(untrained) >= 2:
-                baseline = distance(real_images, _tensor(untrained, settings), extractor)
-                ratio = value.fid / baseline.fid if baseline.fid > 0 else float("nan")
+                # FID grows as sets shrink, so the two models are compared at one set size:
+                # the larger set is subsampled to the smaller one's.
+                n = min(len(untrained), len(synthetic))
+                baseline = distance(
+                    real_images,
+                    _tensor(_subsample(untrained, n, untrained_rng), settings),
+                    extractor,
+                )
+                same_n = (
+                    value
+                    if n == len(synthetic)
+                    else distance(
+                        real_images,
+                        _tensor(_subsample(synthetic, n, untrained_rng), settings),
+                        extractor,
+                    )
+                )
+                ratio = same_n.fid / baseline.fid if baseline.fid > 0 else float("nan")
                 row |= {
                     "untrained_fid": _num(baseline.fid), "untrained_kid": _num(baseline.kid),
-                    "n_untrained": baseline.n_synthetic, "ratio_to_untrained": _num(ratio),
+                    "compared_n": n, "synthetic_fid_at_compared_n": _num(same_n.fid),
+                    "n_untrained": len(untrained), "ratio_to_untrained": _num(ratio),
                 }  # fmt: skip
             elif data.untrained:
                 notes.append(f"FID ({name}) of the untrained baseline for {label}: too few images")
             rows.append(row)
     return rows, notes
+
+
+def _subsample(items: list[LabelledImage], n: int, rng: np.random.Generator) -> list[LabelledImage]:
+    """n of the items, drawn without replacement, in their original order."""
+    if n >= len(items):
+        return items
+    return [items[i] for i in sorted(rng.permutation(len(items))[:n])]
 
 
 def _match_class_mix(
@@ -450,19 +503,14 @@ def _match_class_mix(
     for c in classes:
         images = by_class[c]
         take = min(len(images), int(scale * real_share[c]))
-        chosen += [images[i] for i in sorted(rng.permutation(len(images))[:take])]
+        chosen += _subsample(images, take, rng)
     return chosen
 
 
 def _tensor(items: list[LabelledImage], settings: TrainSettings) -> torch.Tensor:
     """Images as (n, 1, size, size) floats in [0, 1], the layout torchmetrics takes."""
-    size = (settings.image_size, settings.image_size)
-    arrays = [
-        np.asarray(load_gray(item.source).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-        / 255
-        for item in items
-    ]
-    return torch.from_numpy(np.stack(arrays))[:, None]
+    arrays = [load_square(item.source, settings.image_size) for item in items]
+    return torch.from_numpy(np.stack(arrays)).float().div(255)[:, None]
 
 
 def _num(value) -> float | None:

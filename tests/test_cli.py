@@ -129,6 +129,7 @@ def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
     assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 0
     printed = capsys.readouterr().out
     assert "count-matched control" in printed and "report:" in printed
+    assert "Synthetic FID (classifier features) is" in printed and "the bar is" in printed
     metrics = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
     assert [a["name"] for a in metrics["arms"]] == [
         "real",

@@ -174,15 +174,20 @@ def test_the_untrained_baseline_fid_is_reported_beside_the_synthetic_fid(evaluat
     metrics = json.loads((out / "metrics.json").read_text())
     for row in metrics["fid"]:  # the same real images as the synthetic figure, per class
         assert row["n_untrained"] >= 2 and row["untrained_fid"] > row["value"]
+        # Both models at one set size: FID's bias depends on n.
+        assert row["compared_n"] == min(row["n_untrained"], row["n_synthetic"])
+        if row["compared_n"] == row["n_synthetic"]:
+            assert row["synthetic_fid_at_compared_n"] == row["value"]
         assert row["ratio_to_untrained"] == pytest.approx(
-            row["value"] / row["untrained_fid"], rel=1e-3
+            row["synthetic_fid_at_compared_n"] / row["untrained_fid"], rel=1e-3
         )
     overall = next(r for r in metrics["fid"] if r["class"] == "all")
     [bar] = metrics["untrained_baseline"]["comparisons"]
     assert bar["class"] == "all" and bar["ratio"] == overall["ratio_to_untrained"] and bar["met"]
     sentence = (
-        f"Synthetic FID (classifier features) is {overall['value']:.3f}, the untrained model's is "
-        f"{overall['untrained_fid']:.3f} (ratio {overall['ratio_to_untrained']:.3f}; the bar is "
+        f"Synthetic FID (classifier features) is {overall['synthetic_fid_at_compared_n']:.3f}, "
+        f"the untrained model's is {overall['untrained_fid']:.3f}, both on "
+        f"{overall['compared_n']} images (ratio {overall['ratio_to_untrained']:.3f}; the bar is "
         "≤ 0.5): met."
     )
     html, markdown = (out / "report.html").read_text(), (out / "report.md").read_text()
@@ -421,3 +426,50 @@ def test_a_test_split_without_some_class_is_refused(tmp_path):
     spec = load_spec(write_spec(tmp_path, data))
     with pytest.raises(SourceError, match=r"the test split has no real image of \['opacity'\]"):
         check_can_evaluate(spec)
+
+
+def test_a_phantom_source_reports_detection_by_lesion_contrast_and_size(evaluated, tmp_path):
+    result, out = evaluated
+    assert result.ground_truth is None  # a manifest source has no lesion ground truth
+    assert json.loads((out / "metrics.json").read_text())["ground_truth"] is None
+    assert "Detection by lesion" not in (out / "report.html").read_text()
+    # The fixture's synthetic opacity images beside a phantom: arms real, real+synth@1, real+dup.
+    shard = next((out.parent / "data").glob("*.parquet"))
+    opacity = pq.read_table(shard, filters=[("label", "==", "opacity")])
+    write_shard(opacity, tmp_path / "run/data" / shard.name)
+    data = base_spec(tmp_path / "model")
+    data["source"] = {
+        "kind": "phantom", "path": "phantom", "count": 60, "image_size": 32,
+        "opacity_prevalence": 0.4, "split": {"seed": 0, "val": 0.2, "test": 0.3},
+    }  # fmt: skip
+    data["eval"] = {
+        "enabled": True, "image_size": 32, "epochs": 1, "batch_size": 16, "repeats": 2,
+        "synthetic_fractions": [1.0], "bootstrap": 50, "fid": [],
+    }  # fmt: skip
+    spec = load_spec(write_spec(tmp_path, data))
+    phantom = evaluate(spec, tmp_path / "run", show_progress=False)
+
+    manifest = pd.read_parquet(tmp_path / "phantom" / "manifest.parquet")
+    lesions = manifest[(manifest["split"] == "test") & (manifest["opacity_count"] > 0)]
+    truth = json.loads((tmp_path / "run/eval/metrics.json").read_text())["ground_truth"]
+    assert truth == phantom.ground_truth and truth["lesion_images"] == len(lesions) == 7
+    assert truth["several_opacities"] == (lesions["opacity_count"] > 1).sum()
+    edges = np.quantile(lesions["opacity_contrast"], [0, 1 / 3, 2 / 3, 1])
+    contrast = truth["by"]["contrast"]["bins"]
+    assert [b["low"] for b in contrast] + [contrast[-1]["high"]] == pytest.approx(edges)
+    header = f"contrast {edges[0]:.3f}–{edges[1]:.3f} (n={contrast[0]['n']})"
+    for arm in phantom.arms:
+        for name in ("contrast", "radius"):
+            bins, shares = truth["by"][name]["bins"], truth["by"][name]["sensitivity"][arm["name"]]
+            assert sum(b["n"] for b in bins) == 7
+            # The bins split the per-class figure: the same images, the same thresholds.
+            weighted = sum(b["n"] * s for b, s in zip(bins, shares, strict=True) if s is not None)
+            assert weighted / 7 == pytest.approx(
+                arm["per_class"]["opacity"]["sensitivity"], abs=1e-6
+            )
+    html = (tmp_path / "run/eval/report.html").read_text()
+    markdown = (tmp_path / "run/eval/report.md").read_text()
+    assert "<h2>Detection by lesion (phantom ground truth)</h2>" in html
+    assert f"<th>{header}</th>" in html and "<td>real+dup (control)</td>" in html
+    assert "## Detection by lesion (phantom ground truth)" in markdown
+    assert header.replace("(", "\\(").replace(")", "\\)") in markdown

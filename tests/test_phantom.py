@@ -17,6 +17,8 @@ from synth.sources.phantom import (
     draw_phantom,
     materialise_phantom,
     phantom_parameters,
+    read_phantom_images,
+    read_phantom_lesions,
 )
 from synth.spec import PhantomSource, load_spec
 from tests.conftest import base_spec, write_spec
@@ -56,6 +58,25 @@ def test_prevalence_splits_and_ground_truth_are_in_the_manifest(tmp_path: Path):
     assert opacity["caption"].str.startswith("Chest x-ray. Lung opacity. Opacity ").all()
     normal = table[table["label"] != OPACITY]
     assert (normal["opacity_count"] == 0).all() and normal["opacity_x"].isna().all()
+
+
+def test_lesion_ground_truth_is_read_for_the_images_asked_in_their_order(tmp_path: Path):
+    source = _source(tmp_path / "p")
+    test = [image for image in read_phantom_images(source) if image.split == "test"][::-1]
+    lesions = read_phantom_lesions(source, [image.image_id for image in test])
+    table = pd.read_parquet(tmp_path / "p" / "manifest.parquet").set_index("path")
+    assert list(lesions.index) == [image.image_id for image in test]
+    for image, row in zip(test, lesions.itertuples(), strict=True):
+        expected = table.loc[image.image_id]
+        assert row.opacity_count == expected["opacity_count"]
+        assert (row.opacity_count > 0) == (image.label == OPACITY)
+        if image.label == OPACITY:
+            assert (row.opacity_contrast, row.opacity_radius) == (
+                expected["opacity_contrast"],
+                expected["opacity_radius"],
+            )
+        else:
+            assert np.isnan(row.opacity_contrast) and np.isnan(row.opacity_radius)
 
 
 def test_an_opacity_brightens_the_lung_where_the_manifest_says():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -270,6 +271,16 @@ def read_phantom_images(source: PhantomSource) -> list[RealImage]:
     from synth.sources.manifest import read_manifest
 
     return read_manifest(materialise_phantom(source))
+
+
+def read_phantom_lesions(source: PhantomSource, image_ids: Sequence[str]) -> pd.DataFrame:
+    """The ground truth of the given images (ids as read_phantom_images gives them), in their
+    order: opacity_count, and the opacity_contrast and opacity_radius of the opacity with the
+    largest radius x contrast (NaN on normal images)."""
+    columns = ["path", "opacity_count", "opacity_contrast", "opacity_radius"]
+    table = pd.read_parquet(materialise_phantom(source), columns=columns)
+    # read_manifest makes each image's id from its path column.
+    return table.set_index("path").loc[list(image_ids)]
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
