@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 from dataclasses import replace
+from html import escape as html_escape
 from html import unescape
 from pathlib import Path
 
@@ -26,7 +29,10 @@ from synth.spec import load_spec
 from tests.conftest import base_spec, write_spec
 
 pytestmark = pytest.mark.slow
-SCRIPT = "<script>alert(1)</script>"
+# Hostile prompt text: each part changes the page if a browser ever runs it (no alert():
+# a dialog would stall the headless browser rather than show in its DOM).
+SCRIPT = '<script>document.title="pwned"</script>'
+IMG = '<img src=x onerror="document.body.dataset.pwned=1">'
 
 
 def _xray(rng: np.random.Generator, opacity: bool) -> Image.Image:
@@ -61,7 +67,7 @@ def evaluated(tmp_path_factory):
             image = _xray(rng, label == "opacity").convert("RGB")
             record = ImageRecord(
                 sample_id=f"{label}-{i:06d}", label=label, image_bytes=b"", image_path="x.png",
-                width=32, height=32, prompt=f"Chest x-ray. {SCRIPT} {label}", negative_prompt="",
+                width=32, height=32, prompt=f"Chest x-ray. {SCRIPT} {IMG} {label}", negative_prompt="",
                 seed=i, model="small", vae=None, lora=None, lora_sha256=None, lora_scale=None,
                 scheduler="euler", steps=3, guidance_scale=5.0, spec_sha256="s", synth_version="t",
                 device="cpu", created_at="t", attempt=1,
@@ -151,9 +157,37 @@ def test_user_text_is_inert_in_the_report(evaluated):
     parsed.feed(html)
     assert "script" not in parsed.tags and "img" in parsed.tags  # parsed as a browser would
     assert SCRIPT not in html and "<script" not in html.lower()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html_escape(SCRIPT) in html and html_escape(IMG) in html
     markdown = (out / "report.md").read_text()
     assert SCRIPT not in markdown and "&lt;script&gt;" in markdown
+
+
+def _rendered_dom(page: Path) -> str:
+    """The page's DOM after a real browser has loaded it and run whatever scripts it has."""
+    shown = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    return shown.stdout
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="Debian's chromium is not installed (.ci/run installs it); the HTML-parser test stands",
+)
+def test_user_text_stays_text_in_a_real_browser(evaluated, tmp_path):
+    _, out = evaluated
+    # The harness first proves it sees a script run: the same text, unescaped.
+    bait = tmp_path / "bait.html"
+    bait.write_text(f"<html><head><title>bait</title></head><body>{SCRIPT} {IMG}</body></html>")
+    ran = _rendered_dom(bait)
+    assert "<title>pwned</title>" in ran and 'data-pwned="1"' in ran
+    dom = _rendered_dom(out / "report.html")
+    assert "<title>pwned</title>" not in dom and "data-pwned" not in dom
+    assert html_escape(SCRIPT, quote=False) in dom  # shown to the reader, as text
 
 
 def test_inception_without_weights_is_skipped_with_a_message(evaluated):
