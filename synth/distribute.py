@@ -12,7 +12,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -91,6 +92,20 @@ def run_in_process(
     return DistributionReport(workers=[f"in-process {renderer.device_name}"] if shards else [])
 
 
+@contextmanager
+def ray_session(compute: Compute) -> Iterator[None]:
+    """Ray up for the block, so several run_on_ray calls share one start (seconds each on a
+    small machine); shut down at the end only if this started it."""
+    import ray
+
+    started_ray = _connect(compute)
+    try:
+        yield
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
 def run_on_ray(
     plan: Plan,
     shards: Sequence[int],
@@ -101,14 +116,8 @@ def run_on_ray(
 ) -> DistributionReport:
     """Render shards on Ray actors, one per GPU (or `num_workers` CPU actors).
     Starts a local Ray unless `compute.ray_address` names a cluster (or Ray is already up)."""
-    import ray
-
-    started_ray = _connect(compute)
-    try:
+    with ray_session(compute):
         return _schedule(plan, list(shards), settings, compute, on_shard_done, on_progress)
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def _connect(compute: Compute) -> bool:

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from synth.distribute import ShardResult, run_in_process, run_on_ray
+from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
 from synth.errors import OutputError, SynthError
 from synth.generate.pipeline import check_model_reference, file_sha256, resolve_lora_file
 from synth.generate.render import RenderSettings
@@ -99,12 +99,16 @@ def run_spec(
     _check_folder_is_usable(out)
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(out):
+    baseline = spec.eval.enabled and spec.eval.untrained_baseline > 0
+    # The baseline's model is built in the run folder, which only a local Ray's workers are
+    # sure to see; on a named cluster it renders in this process.
+    baseline_on_ray = baseline and not in_process and spec.compute.ray_address is None
+    with _exclusive_lock(out), ray_session(spec.compute) if baseline_on_ray else nullcontext():
         summary = _run_locked(
             spec, plan, spec_sha256, out, overwrite, in_process, show_progress, started
         )
-        if spec.eval.enabled and spec.eval.untrained_baseline > 0:
-            render_untrained_baseline(spec, plan, spec_sha256, out, show_progress)
+        if baseline:
+            render_untrained_baseline(spec, plan, spec_sha256, out, baseline_on_ray, show_progress)
         return summary
 
 
@@ -218,11 +222,16 @@ def _run_locked(
 
 
 def render_untrained_baseline(
-    spec: Spec, plan: Plan, spec_sha256: str, out: Path, show_progress: bool = True
+    spec: Spec,
+    plan: Plan,
+    spec_sha256: str,
+    out: Path,
+    on_ray: bool = False,
+    show_progress: bool = True,
 ) -> None:
     """The random-weight baseline's shards in out/untrained/data/, for the evaluation's FID
-    yardstick; complete shards are kept. Rendered in this process: its model lives in the run
-    folder, which a cluster's workers may not see."""
+    yardstick; complete shards are kept. On a local Ray's workers when `on_ray`, else in this
+    process."""
     baseline = untrained_plan(plan, spec.eval.untrained_baseline)
     folder = out / UNTRAINED_DIR
     data_dir = folder / DATA_DIR
@@ -244,16 +253,18 @@ def render_untrained_baseline(
         disable=not show_progress,
         dynamic_ncols=True,
     )
+
+    def write(result: ShardResult) -> None:
+        write_shard(result.table, data_dir / shard_file_name(result.shard, baseline.num_shards))
+
+    def progress(finished: int) -> None:
+        bar.update(finished - bar.n)
+
     try:
-        run_in_process(
-            baseline,
-            missing,
-            settings,
-            lambda result: write_shard(
-                result.table, data_dir / shard_file_name(result.shard, baseline.num_shards)
-            ),
-            lambda finished: bar.update(finished - bar.n),
-        )
+        if on_ray:
+            run_on_ray(baseline, missing, settings, spec.compute, write, progress)
+        else:
+            run_in_process(baseline, missing, settings, write, progress)
     finally:
         bar.close()
 
