@@ -270,7 +270,8 @@ def report_html(result: EvalResult, figures: dict[str, bytes]) -> str:
         "<h2>Provenance</h2>",
         _html_table(["field", "values"], [[k, v] for k, v in _provenance(result).items()]),
         f"<p>Evaluation took {result.seconds:.1f} s. Classifier start: "
-        f"{e(str(result.config.get('classifier_weights')))}. Unreadable real images skipped: "
+        f"{e(str(result.config.get('classifier_weights')))}; bf16 autocast: "
+        f"{e(str(result.config.get('autocast', 'off')))}. Unreadable real images skipped: "
         f"{result.unreadable_real_images}.</p>",
         "</body></html>",
     ]
