@@ -90,7 +90,8 @@ def main() -> None:
     # The bare loop runs before and after the engine and the two are averaged, so load from
     # other processes that comes and goes during the run weighs on both sides alike.
     before = bare_loop(settings)
-    engine = engine_run(settings, folder)
+    worker_profile = args.profile and args.profile.with_suffix(".engine-worker.txt")
+    engine = engine_run(settings, folder, profile=worker_profile)
     in_process = engine_run(settings, folder, in_process=True)
     after = bare_loop(settings)
     bare = replace(
@@ -173,7 +174,7 @@ def main() -> None:
         )
     if args.profile:
         args.profile.write_text(profile_summary(settings), encoding="utf-8")
-        print(f"profile: {args.profile}")
+        print(f"profile: {args.profile} (bare loop), {worker_profile} (the engine's Ray worker)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
         print(f"figures: {args.json}")

@@ -172,11 +172,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def engine_run(settings: BenchSettings, folder: Path, in_process: bool = False) -> EngineResult:
+def engine_run(
+    settings: BenchSettings, folder: Path, in_process: bool = False, profile: Path | None = None
+) -> EngineResult:
     """`synth run` of the same workload through a local Ray, one worker, shards written; or
-    in this process without Ray, which tells the engine's own cost from Ray's."""
+    in this process without Ray, which tells the engine's own cost from Ray's. With `profile`,
+    the worker writes a torch.profiler table of its second shard there."""
     import json
+    import os
 
+    from synth.generate.render import PROFILE_SHARD_ENV
     from synth.run import run_spec
 
     spec_data = {
@@ -201,7 +206,12 @@ def engine_run(settings: BenchSettings, folder: Path, in_process: bool = False) 
     }
     spec_file = folder / "bench.yaml"
     spec_file.write_text(yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
-    summary = run_spec(load_spec(spec_file), in_process=in_process, show_progress=False)
+    if profile is not None:
+        os.environ[PROFILE_SHARD_ENV] = str(profile)  # a local Ray's worker inherits it
+    try:
+        summary = run_spec(load_spec(spec_file), in_process=in_process, show_progress=False)
+    finally:
+        os.environ.pop(PROFILE_SHARD_ENV, None)
     invocation = json.loads((summary.out_dir / "run.json").read_text())["invocations"][-1]
     return EngineResult(
         images_per_second=invocation["images_per_second"],

@@ -177,12 +177,14 @@ def _run_locked(
         dynamic_ncols=True,
     )
 
-    first_shard: dict[str, float] = {}  # when the first shard finished and its image count
+    # When the first shard finished and its image count, and when the last one finished.
+    first_shard: dict[str, float] = {}
 
     def on_shard_done(result: ShardResult) -> None:
         write_shard(result.table, data_dir / shard_file_name(result.shard, plan.num_shards))
         first_shard.setdefault("at", time.perf_counter())
         first_shard.setdefault("images", result.table.num_rows)
+        first_shard["last_at"] = time.perf_counter()
         shard_seconds[str(result.shard)] = round(result.render_seconds, 3)
         if result.model_load_seconds is not None:
             model_loads.append(round(result.model_load_seconds, 3))
@@ -209,10 +211,14 @@ def _run_locked(
     finished = time.perf_counter()
     generation_seconds = finished - generation_started
     summary.workers = report.workers
-    if images_to_render > first_shard["images"] and finished > first_shard["at"]:
-        # Past start-up (Ray, model loads, first shard): the rate a long run settles at.
-        steady = (images_to_render - first_shard["images"]) / (finished - first_shard["at"])
+    if images_to_render > first_shard["images"] and first_shard["last_at"] > first_shard["at"]:
+        # Past start-up (Ray, model loads, first shard) and before shutdown (Ray's takes a
+        # second or so): the rate a long run settles at.
+        steady = (images_to_render - first_shard["images"]) / (
+            first_shard["last_at"] - first_shard["at"]
+        )
         invocation["steady_images_per_second"] = round(steady, 4)
+        invocation["teardown_seconds"] = round(finished - first_shard["last_at"], 3)
         _keep_throughput(spec, steady, report.workers, summary.startup_seconds, out)
     invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 # CPU float results depend on how many threads split each reduction, so every CPU worker uses
 # the same count: then bytes do not depend on how many workers share the machine.
 CPU_THREADS_PER_WORKER = 1
+# Names a file: the worker writes torch.profiler's table of its second shard there (the first
+# warms up), so the engine's own worker can be set beside the bare loop's profile.
+PROFILE_SHARD_ENV = "SYNTH_PROFILE_SHARD"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ShardRenderer:
         self.settings = settings
         self.model_load_seconds: float | None = None
         self._generator = None
+        self._shards_rendered = 0
 
     @property
     def generator(self):
@@ -62,9 +67,12 @@ class ShardRenderer:
         self, samples: list[PlannedSample], on_batch_done: Callable[[int], None] | None = None
     ) -> pa.Table:
         generator = self.generator
+        self._shards_rendered += 1
+        profile_to = os.environ.get(PROFILE_SHARD_ENV) if self._shards_rendered == 2 else None
         # Image encoding runs in a thread while the next batch renders (PIL's encoders release
         # the GIL), so the GPU does not wait on PNG compression. One thread keeps row order.
         with (
+            _profiled(profile_to, generator.device.type == "cpu"),
             _pinned_cpu_threads(generator.device.type == "cpu"),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as encoder,
         ):
@@ -109,6 +117,25 @@ class ShardRenderer:
             image_bytes = encode_image(item.image, self.settings.image_format, record.png_text())
             records.append(replace(record, image_bytes=image_bytes))
         return records
+
+
+@contextmanager
+def _profiled(path: str | None, on_cpu: bool, rows: int = 15):
+    if path is None:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([] if on_cpu else [ProfilerActivity.CUDA])
+    started = time.perf_counter()
+    with profile(activities=activities) as profiler:
+        yield
+    wall = time.perf_counter() - started
+    table = profiler.key_averages().table(
+        sort_by="self_cpu_time_total" if on_cpu else "self_cuda_time_total", row_limit=rows
+    )
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(f"one shard in worker pid {os.getpid()}: {wall:.3f} s wall\n{table}")
 
 
 @contextmanager
