@@ -66,10 +66,8 @@ def uses_bfloat16(run_on: torch.device, precision: str) -> bool:
     return run_on.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _autocast(run_on: torch.device, settings: TrainSettings) -> torch.autocast:
-    return torch.autocast(
-        run_on.type, dtype=torch.bfloat16, enabled=uses_bfloat16(run_on, settings.precision)
-    )
+def _autocast(run_on: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(run_on.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def train_classifier(
@@ -87,6 +85,7 @@ def train_classifier(
     else:
         model, weights = copy.deepcopy(start_from.model), "pretrained on synthetic"
     run_on = device()
+    bfloat16 = uses_bfloat16(run_on, settings.precision)
     model.to(run_on).to(memory_format=torch.channels_last)
     loader = DataLoader(
         ImageSet(train, train_read_side(settings.image_size)),
@@ -119,7 +118,7 @@ def train_classifier(
         for images, labels in loader:
             images = augment_batch(images.to(run_on), settings.image_size, augmentation)
             labels = labels.to(run_on)
-            with _autocast(run_on, settings):
+            with _autocast(run_on, bfloat16):
                 loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -169,9 +168,10 @@ def extract_features(
 def _run(model, items, settings, forward) -> np.ndarray:
     model.eval()
     run_on = device()
+    bfloat16 = uses_bfloat16(run_on, settings.precision)
     loader = DataLoader(ImageSet(items, settings.image_size), batch_size=settings.batch_size)
     outputs = []
     for images, _ in loader:
-        with _autocast(run_on, settings):
+        with _autocast(run_on, bfloat16):
             outputs.append(forward(model, to_model_input(images).to(run_on)).cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0))

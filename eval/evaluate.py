@@ -125,6 +125,11 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
         )
         return {"mean": _num(mean), "ci95": [_num(v) for v in ci]}
 
+    # Each arm's operating point per repeat and class: Youden's J on its validation scores.
+    val_thresholds = {
+        name: [[youden_threshold(val_labels == c, v[:, c]) for c in range(num_classes)] for v in vs]
+        for name, vs in val_runs.items()
+    }
     no_difference = {"mean": 0.0, "ci95": [0.0, 0.0]}
     full_synthetic = synth_arm_name(1.0)
     arm_metrics = []
@@ -132,7 +137,7 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
         summary = summarise_auc(test_labels, runs[arm.name], boot[arm.name], draws)
         per_class = {}
         for c, label in enumerate(data.classes):
-            thresholds = [youden_threshold(val_labels == c, v[:, c]) for v in val_runs[arm.name]]
+            thresholds = [repeat[c] for repeat in val_thresholds[arm.name]]
             rates = [
                 sensitivity_specificity(test_labels == c, r[:, c], t)
                 for r, t in zip(runs[arm.name], thresholds, strict=True)
@@ -167,7 +172,7 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
 
     ground_truth = None
     if isinstance(spec.source, PhantomSource):
-        ground_truth = _detection_by_lesion(spec.source, data, runs, val_runs)
+        ground_truth = _detection_by_lesion(spec.source, data, runs, val_thresholds)
 
     train_settings = _train_settings(spec, seed=spec.seed)
     fid_rows, fid_notes = _fid_table(spec, data, real_only, train_settings)
@@ -175,8 +180,7 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
     if data.synthetic:
         synthetic_scores = predict_scores(real_only.model, data.synthetic, train_settings)
         synthetic_labels = np.array([s.label for s in data.synthetic])
-        real_val = val_runs[REAL][0]
-        thresholds = [youden_threshold(val_labels == c, real_val[:, c]) for c in range(num_classes)]
+        thresholds = val_thresholds[REAL][0]  # the judge is the first repeat's real-only model
         fidelity = {
             data.classes[c]: share
             for c, share in label_fidelity(synthetic_labels, synthetic_scores).items()
@@ -365,22 +369,18 @@ def _detection_by_lesion(
     source: PhantomSource,
     data: EvalData,
     runs: dict[str, list[np.ndarray]],
-    val_runs: dict[str, list[np.ndarray]],
+    val_thresholds: dict[str, list[list[float]]],
 ) -> dict:
     """Each arm's opacity sensitivity on the test images by lesion contrast and size, from the
     phantom's ground truth, at the per-repeat validation thresholds of its per-class figures."""
     lesions = read_phantom_lesions(source, [item.key for item in data.test])
     c = data.classes.index(OPACITY)
-    val_positives = np.array([item.label == c for item in data.val])
     return detection_by_lesion(
         lesions["opacity_count"].to_numpy(),
         lesions["opacity_contrast"].to_numpy(dtype=float),
         lesions["opacity_radius"].to_numpy(dtype=float),
         {arm: [scores[:, c] for scores in arm_runs] for arm, arm_runs in runs.items()},
-        {
-            arm: [youden_threshold(val_positives, scores[:, c]) for scores in arm_runs]
-            for arm, arm_runs in val_runs.items()
-        },
+        {arm: [repeat[c] for repeat in repeats] for arm, repeats in val_thresholds.items()},
     )
 
 
@@ -442,8 +442,8 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
             floor = distance(
                 _tensor(pool[:n_a], settings), _tensor(pool[n_a : n_a + n_b], settings), extractor
             )
-            real_images = _tensor(real, settings)
-            value = distance(real_images, _tensor(synthetic, settings), extractor)
+            real_images, synthetic_images = _tensor(real, settings), _tensor(synthetic, settings)
+            value = distance(real_images, synthetic_images, extractor)
             row = {
                 "class": label, "extractor": name, "value": _num(value.fid),
                 "kid": _num(value.kid), "n_real": value.n_real,
@@ -457,17 +457,16 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
                 # FID grows as sets shrink, so the two models are compared at one set size:
                 # the larger set is subsampled to the smaller one's.
                 n = min(len(untrained), len(synthetic))
+                chosen = _sample_indices(len(untrained), n, untrained_rng)
                 baseline = distance(
-                    real_images,
-                    _tensor(_subsample(untrained, n, untrained_rng), settings),
-                    extractor,
+                    real_images, _tensor([untrained[i] for i in chosen], settings), extractor
                 )
                 same_n = (
                     value
                     if n == len(synthetic)
                     else distance(
                         real_images,
-                        _tensor(_subsample(synthetic, n, untrained_rng), settings),
+                        synthetic_images[_sample_indices(len(synthetic), n, untrained_rng)],
                         extractor,
                     )
                 )
@@ -483,11 +482,11 @@ def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], l
     return rows, notes
 
 
-def _subsample(items: list[LabelledImage], n: int, rng: np.random.Generator) -> list[LabelledImage]:
-    """n of the items, drawn without replacement, in their original order."""
-    if n >= len(items):
-        return items
-    return [items[i] for i in sorted(rng.permutation(len(items))[:n])]
+def _sample_indices(length: int, n: int, rng: np.random.Generator) -> list[int]:
+    """n indices of `length` items, drawn without replacement, in ascending order."""
+    if n >= length:
+        return list(range(length))
+    return sorted(rng.permutation(length)[:n].tolist())
 
 
 def _match_class_mix(
@@ -503,7 +502,7 @@ def _match_class_mix(
     for c in classes:
         images = by_class[c]
         take = min(len(images), int(scale * real_share[c]))
-        chosen += _subsample(images, take, rng)
+        chosen += [images[i] for i in _sample_indices(len(images), take, rng)]
     return chosen
 
 

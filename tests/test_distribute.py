@@ -34,8 +34,17 @@ def test_two_ray_workers_make_the_same_images_as_one_process(
 
     assert summary.shards_written == 4
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
-    workers = run["invocations"][-1]["workers"]
+    invocation = run["invocations"][-1]
+    workers = invocation["workers"]
     assert len(workers) == 2 and len({w.split("@")[0] for w in workers}) == 2
+    # Start-up, the steady window (first to last finished shard) and the teardown (actor
+    # kills, Ray's shutdown: a second or so) follow each other: the steady rate leaves out
+    # the teardown, which would otherwise count twice here.
+    steady_window = (13 - 4) / invocation["steady_images_per_second"]
+    assert invocation["teardown_seconds"] > 0.05
+    assert invocation["startup_seconds"] + steady_window + invocation["teardown_seconds"] <= (
+        invocation["total_seconds"] + 0.01
+    )
     by_ray = pq.read_table(tmp_path / "ray" / "data").drop_columns(["created_at"])
     in_process = pq.read_table(tmp_path / "local" / "data").drop_columns(["created_at"])
     assert by_ray.equals(in_process)

@@ -72,9 +72,6 @@ def test_a_run_writes_the_documented_output_folder(spec_path: Path, tmp_path: Pa
     assert invocation["shards_written"] == 4 and len(invocation["shard_seconds"]) == 4
     assert len(invocation["model_load_seconds"]) == 1  # one model load for all 4 shards
     assert invocation["startup_seconds"] > 0
-    # The steady rate spans the first to the last finished shard; teardown is apart from it.
-    steady_window = (10 + 3 - 4) / invocation["steady_images_per_second"]
-    assert steady_window + invocation["teardown_seconds"] < invocation["total_seconds"]
     assert "torch" in run["versions"] and "diffusers" in run["versions"]
     resolved = yaml.safe_load((out / "spec.yaml").read_text())
     assert resolved["output"]["dir"] == str(out)  # the folder actually written, not output.dir
