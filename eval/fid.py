@@ -88,5 +88,9 @@ def distance(
             batch = images[start : start + batch_size].expand(-1, expand, -1, -1)
             fid.update(batch, real=is_real)
             kid.update(batch, real=is_real)
-    kid_mean, _ = kid.compute()
+    # KID averages over random subsets drawn from torch's global generator: a fixed seed of
+    # its own keeps the figure the same from run to run, whatever ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        kid_mean, _ = kid.compute()
     return Distance(float(fid.compute()), float(kid_mean), n_real, n_synthetic)

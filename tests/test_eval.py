@@ -271,6 +271,18 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
     assert values == sorted(values) and values[0] > 0
 
 
+def test_kid_is_the_same_whatever_the_global_generator_holds():
+    torch.manual_seed(0)
+    extractor = ClassifierFeatures(build_classifier("resnet18", 2).model, 512)
+    real = torch.rand(60, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    synthetic = torch.rand(60, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    figures = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)  # as training in between would leave it
+        figures.append(distance(real, synthetic, extractor))
+    assert figures[0] == figures[1]
+
+
 def test_a_leaking_setup_is_refused(tmp_path):
     from eval.arms import image_identities
 
