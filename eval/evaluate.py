@@ -1,21 +1,22 @@
-"""`synth eval SPEC|RUN_DIR`: train the arms, score them on the real test split, write the report.
+"""`synth eval SPEC|RUN_DIR`: train the arms, score them on the real test split, judge the
+synthetic set against the count-matched control, write the report.
 
-Reads the real manifest (through the spec's source) and the run's shards; never the generator.
+Stages, in order: load the data (`eval.data`), build the arms and refuse any leakage, train
+every arm and repeat, score the arms, measure the synthetic set (FID table, label fidelity,
+memorisation, phantom ground truth), decide the verdicts, write the outputs. Each stage returns
+typed results (`eval.results`); the writers only render them.
 """
 
 from __future__ import annotations
 
-import json
+import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-from PIL import Image
+from torch import nn
 
-from classifiers.data import LabelledImage, load_square
 from classifiers.train import (
     TrainedClassifier,
     TrainSettings,
@@ -24,363 +25,219 @@ from classifiers.train import (
     predict_scores,
     uses_bfloat16,
 )
-from eval.arms import (
-    CONTROL,
-    REAL,
-    LeakageError,
-    assert_no_leakage,
-    build_arms,
-    image_identities,
-    synth_arm_name,
-)
-from eval.fid import ClassifierFeatures, distance, inception_weights
+from eval.arms import REAL, Arm, assert_no_leakage, build_arms
+from eval.data import EvalData, check_can_evaluate, load_eval_data, memorisation_reference
+from eval.fid import ClassifierFeatures, InceptionFeatures, inception_weights
+from eval.fid_table import FID_MIN_N, fid_table
 from eval.ground_truth import detection_by_lesion
-from eval.metrics import (
-    bootstrap_aucs,
-    bootstrap_indices,
-    label_fidelity,
-    label_fidelity_at_thresholds,
-    memorisation,
-    paired_delta,
-    repeat_draws,
-    sensitivity_specificity,
-    summarise_auc,
-    youden_threshold,
+from eval.metrics import label_fidelity, label_fidelity_at_thresholds, memorisation
+from eval.report import write_outputs
+from eval.results import (
+    ArmResult,
+    EvalResult,
+    FidRow,
+    LabelFidelity,
+    LesionDetection,
+    MemorisationReport,
 )
-from eval.report import EvalResult, write_outputs
+from eval.scoring import ArmScores, score_arms, validation_thresholds
 from eval.train_arms import ArmJob, train_arms
-from synth.errors import SourceError, SynthError
-from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
-from synth.sources import read_real_images
+from eval.verdict import verdicts
+from synth.shards import DATA_DIR, UNTRAINED_DIR
 from synth.sources.phantom import OPACITY, read_phantom_lesions
 from synth.spec import PhantomSource, Spec
 from synth.versions import library_versions
 
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class EvalData:
-    classes: list[str]
-    train: list[LabelledImage]
-    val: list[LabelledImage]
-    test: list[LabelledImage]
-    synthetic: list[LabelledImage]
-    synthetic_rows: list[dict]  # provenance of each synthetic image, for the report
-    unreadable: int  # real images skipped because they could not be read
-    adapter_images: list[str]  # images the class LoRAs were trained on (from training.json)
-    untrained: list[LabelledImage]  # the random-weight model's images (none unless rendered)
+__all__ = ["check_can_evaluate", "evaluate"]
+MEMORISATION_PAIRS = 4  # the closest synthetic–training pairs the report shows
+EXAMPLES_PER_CLASS = 4  # synthetic images per class in the report's sample grids
 
 
 def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResult:
+    """The whole evaluation of a run folder's shards, written to RUN_DIR/eval/."""
     started = time.perf_counter()
-    settings = spec.eval
     data = load_eval_data(spec, run_dir)
-    num_classes = len(data.classes)
     arms = build_arms(
-        data.train, data.synthetic, num_classes, settings.synthetic_fractions, spec.seed
+        data.train, data.synthetic, len(data.classes), spec.eval.synthetic_fractions, spec.seed
     )
     assert_no_leakage(data.test, arms, set(data.adapter_images))
 
-    test_labels = np.array([item.label for item in data.test])
+    scores, judge = _train(spec, arms, data, show_progress)
     val_labels = np.array([item.label for item in data.val])
+    thresholds = {
+        name: validation_thresholds(val_labels, s.val, len(data.classes))
+        for name, s in scores.items()
+    }
+    test_labels = np.array([item.label for item in data.test])
+    arm_results = score_arms(
+        arms, scores, thresholds, test_labels, data.classes, spec.eval.bootstrap, spec.seed
+    )
+    fid_rows, fid_notes = _distribution_distances(spec, data, judge)
+    real_counts = {c: sum(i.label == k for i in data.train) for k, c in enumerate(data.classes)}
+    synthetic_counts = {
+        c: sum(s.label == k for s in data.synthetic) for k, c in enumerate(data.classes)
+    }
+    result = EvalResult(
+        name=spec.name,
+        seed=spec.seed,
+        classes=tuple(data.classes),
+        repeats=spec.eval.repeats,
+        arms=arm_results,
+        verdicts=verdicts(data.classes, arm_results, real_counts, synthetic_counts),
+        test=tuple(data.test),
+        test_runs={name: s.test for name, s in scores.items()},
+        fid=fid_rows,
+        fid_notes=fid_notes,
+        fid_min_n=FID_MIN_N,
+        label_fidelity=_label_fidelity(spec, data, judge, thresholds[REAL][0], arm_results),
+        memorisation=_memorisation(spec, data, judge),
+        ground_truth=_ground_truth(spec, data, scores, thresholds),
+        real_counts=real_counts,
+        synthetic_counts=synthetic_counts,
+        synthetic_examples=tuple(
+            example
+            for c in range(len(data.classes))
+            for example in [s for s in data.synthetic if s.label == c][:EXAMPLES_PER_CLASS]
+        ),
+        provenance=data.provenance,
+        config=spec.eval.model_dump(mode="json")
+        | {
+            "classifier_weights": judge.weights,
+            "autocast": "bfloat16" if uses_bfloat16(device(), spec.eval.precision) else "off",
+            "hardware": _hardware(),
+        },
+        versions=library_versions(),
+        unreadable_real_images=data.unreadable,
+        seconds=time.perf_counter() - started,
+    )
+    write_outputs(result, run_dir / "eval")
+    return result
+
+
+def _train(
+    spec: Spec, arms: list[Arm], data: EvalData, show_progress: bool
+) -> tuple[dict[str, ArmScores], TrainedClassifier]:
+    """Every arm, `repeats` times, scored on val and test; and the judge: the first repeat's
+    real-only classifier, which scores the synthetic images (FID features, label fidelity,
+    memorisation)."""
     # The same seed for every arm within a repeat: arm-vs-real differences are paired.
     jobs = [
         ArmJob(
             arm,
             repeat,
             _train_settings(spec, seed=spec.seed + repeat),
-            keep_model=arm.name == REAL and repeat == 0,  # the judge of FID and label fidelity
+            keep_model=arm.name == REAL and repeat == 0,
         )
-        for repeat in range(settings.repeats)
+        for repeat in range(spec.eval.repeats)
         for arm in arms
     ]
-    runs: dict[str, list[np.ndarray]] = {arm.name: [] for arm in arms}
-    val_runs: dict[str, list[np.ndarray]] = {arm.name: [] for arm in arms}
-    starts: dict[str, str] = {}
-    real_only: TrainedClassifier | None = None
-    for outcome in train_arms(jobs, data.val, data.test, num_classes, show_progress):
-        runs[outcome.arm_name].append(outcome.test_scores)
-        val_runs[outcome.arm_name].append(outcome.val_scores)
-        starts[outcome.arm_name] = outcome.weights
-        if outcome.classifier is not None:
-            real_only = outcome.classifier
-    assert real_only is not None
-
-    resamples = bootstrap_indices(len(test_labels), settings.bootstrap, spec.seed)
-    draws = repeat_draws(settings.repeats, settings.bootstrap, spec.seed)
-    boot = {
-        name: bootstrap_aucs(test_labels, arm_runs, resamples) for name, arm_runs in runs.items()
+    outcomes = train_arms(jobs, data.val, data.test, len(data.classes), show_progress)
+    scores = {
+        arm.name: ArmScores(
+            test=tuple(o.test_scores for o in outcomes if o.arm_name == arm.name),
+            val=tuple(o.val_scores for o in outcomes if o.arm_name == arm.name),
+            classifier_start=next(o.weights for o in outcomes if o.arm_name == arm.name),
+        )
+        for arm in arms
     }
+    judge = next(o.classifier for o in outcomes if o.classifier is not None)
+    return scores, judge
 
-    def delta(arm_name: str, baseline: str, which: int | None = None) -> dict:
-        mean, ci = paired_delta(
-            test_labels,
-            runs[arm_name],
-            runs[baseline],
-            boot[arm_name],
-            boot[baseline],
-            draws,
-            which,
+
+def _distribution_distances(
+    spec: Spec, data: EvalData, judge: TrainedClassifier
+) -> tuple[tuple[FidRow, ...], tuple[str, ...]]:
+    """The FID table on each configured extractor that can run here, and notes on any that
+    cannot, or on a missing untrained baseline."""
+    if not data.synthetic:
+        return (), ("no synthetic images: FID not computed",)
+    notes = []
+    if spec.eval.untrained_baseline and not data.untrained:
+        notes.append(
+            f"no untrained baseline in {UNTRAINED_DIR}/{DATA_DIR}/: `synth run` renders it "
+            "when eval.enabled and eval.untrained_baseline > 0"
         )
-        return {"mean": _num(mean), "ci95": [_num(v) for v in ci]}
-
-    # Each arm's operating point per repeat and class: Youden's J on its validation scores.
-    val_thresholds = {
-        name: [[youden_threshold(val_labels == c, v[:, c]) for c in range(num_classes)] for v in vs]
-        for name, vs in val_runs.items()
-    }
-    no_difference = {"mean": 0.0, "ci95": [0.0, 0.0]}
-    full_synthetic = synth_arm_name(1.0)
-    arm_metrics = []
-    for arm in arms:
-        summary = summarise_auc(test_labels, runs[arm.name], boot[arm.name], draws)
-        per_class = {}
-        for c, label in enumerate(data.classes):
-            thresholds = [repeat[c] for repeat in val_thresholds[arm.name]]
-            rates = [
-                sensitivity_specificity(test_labels == c, r[:, c], t)
-                for r, t in zip(runs[arm.name], thresholds, strict=True)
-            ]
-            per_class[label] = {
-                "auc_mean": _num(summary.per_class_mean[c]),
-                "auc_std": _num(summary.per_class_std[c]),
-                "ci95": [_num(v) for v in summary.per_class_ci95[c]],
-                "ci95_per_run": [[_num(v) for v in run[c]] for run in summary.per_run_ci95],
-                "sensitivity": _num(np.mean([s for s, _ in rates])),
-                "specificity": _num(np.mean([p for _, p in rates])),
-                "delta_vs_real": delta(arm.name, REAL, c) if arm.name != REAL else no_difference,
-            }
-            if arm.name == full_synthetic and CONTROL in runs:
-                per_class[label]["delta_vs_control"] = delta(arm.name, CONTROL, c)
-        arm_metrics.append(
-            {
-                "name": arm.name,
-                "repeats": settings.repeats,
-                "train_images": len(arm.train),
-                "pretrain_images": len(arm.pretrain),
-                "synthetic_fraction": arm.synthetic_fraction,
-                "is_control": arm.is_control,
-                "classifier_start": starts[arm.name],
-                "auc_macro_mean": _num(summary.macro_mean),
-                "auc_macro_std": _num(summary.macro_std),
-                "auc_macro_ci95": [_num(v) for v in summary.macro_ci95],
-                "per_class": per_class,
-                "delta_vs_real": delta(arm.name, REAL) if arm.name != REAL else no_difference,
-            }
-        )
-
-    ground_truth = None
-    if isinstance(spec.source, PhantomSource):
-        ground_truth = _detection_by_lesion(spec.source, data, runs, val_thresholds)
-
-    train_settings = _train_settings(spec, seed=spec.seed)
-    fid_rows, fid_notes = _fid_table(spec, data, real_only, train_settings)
-    fidelity, fidelity_at_thresholds, memo, memo_pairs, reference_name = {}, {}, None, [], ""
-    if data.synthetic:
-        synthetic_scores = predict_scores(real_only.model, data.synthetic, train_settings)
-        synthetic_labels = np.array([s.label for s in data.synthetic])
-        thresholds = val_thresholds[REAL][0]  # the judge is the first repeat's real-only model
-        fidelity = {
-            data.classes[c]: share
-            for c, share in label_fidelity(synthetic_labels, synthetic_scores).items()
-        }
-        fidelity_at_thresholds = {
-            data.classes[c]: share
-            for c, share in label_fidelity_at_thresholds(
-                synthetic_labels, synthetic_scores, thresholds
-            ).items()
-        }
-        reference, reference_name = _memorisation_reference(data)
-        memo = memorisation(
-            extract_features(real_only.model, data.synthetic, train_settings),
-            extract_features(real_only.model, reference, train_settings),
-            settings.memorization_threshold,
-        )
-        memo_pairs = [(data.synthetic[i], reference[j], sim) for i, j, sim in memo.closest(4)]
-
-    result = EvalResult(
-        spec=spec,
-        classes=data.classes,
-        arms=arm_metrics,
-        test=data.test,
-        test_runs=runs,
-        fid=fid_rows,
-        fid_notes=fid_notes,
-        label_fidelity=fidelity,
-        label_fidelity_at_thresholds=fidelity_at_thresholds,
-        memorisation_reference=reference_name,
-        memorisation=memo,
-        memorisation_pairs=memo_pairs,
-        real_counts={c: sum(i.label == k for i in data.train) for k, c in enumerate(data.classes)},
-        synthetic_counts={
-            c: sum(s.label == k for s in data.synthetic) for k, c in enumerate(data.classes)
-        },
-        synthetic_rows=data.synthetic_rows,
-        synthetic_examples=data.synthetic,
-        config=settings.model_dump(mode="json")
-        | {
-            "classifier_weights": real_only.weights,
-            "autocast": "bfloat16" if uses_bfloat16(device(), settings.precision) else "off",
-        },
-        versions=library_versions(),
-        unreadable_real_images=data.unreadable,
-        seconds=0.0,
-        ground_truth=ground_truth,
-    )
-    result.seconds = time.perf_counter() - started
-    write_outputs(result, run_dir / "eval")
-    return result
-
-
-def check_can_evaluate(spec: Spec) -> None:
-    """The cheap checks an evaluation depends on, for `synth run` to make before generating:
-    real images with every class in val and test, and LoRA training records."""
-    _real_images_by_split(spec)
-    _adapter_images(spec)
-
-
-def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
-    classes = spec.labels
-    index = {label: i for i, label in enumerate(classes)}
-    by_split: dict[str, list[LabelledImage]] = {split: [] for split in SPLITS}
-    unreadable = 0
-    for split, images in _real_images_by_split(spec).items():
-        for image in images:
-            try:
-                with Image.open(image.path) as opened:
-                    opened.verify()
-            except (OSError, ValueError, SyntaxError) as err:
-                if spec.eval.unreadable_images == "error":
-                    raise SourceError(
-                        f"{image.path}: unreadable real image ({err}); replace or remove it, or "
-                        "set eval.unreadable_images: skip"
-                    ) from None
-                unreadable += 1  # skipped and counted in the report, never a crash mid-run
-                continue
-            by_split[split].append(LabelledImage(image.image_id, image.path, index[image.label]))
-    _require_every_class(
-        {split: {classes[x.label] for x in items} for split, items in by_split.items()},
-        classes,
-        " after skipping unreadable images",
-    )
-    if not shard_files(run_dir / DATA_DIR):
-        raise SourceError(f"{run_dir}: no shards in {DATA_DIR}/; run `synth run` first")
-    synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
-    untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
-    return EvalData(
-        classes, by_split["train"], by_split["val"], by_split["test"], synthetic, rows, unreadable,
-        _adapter_images(spec), untrained,
+    extractors: dict[str, nn.Module] = {}
+    settings = _train_settings(spec, seed=spec.seed)
+    if "classifier" in spec.eval.fid:
+        width = extract_features(judge.model, data.test[:1], settings).shape[1]
+        extractors["classifier"] = ClassifierFeatures(judge.model, width)
+    if "inception" in spec.eval.fid:
+        weights, reason = inception_weights(spec.eval.inception_weights)
+        if weights is None:
+            notes.append(f"FID (inception) skipped: {reason}")
+        else:
+            extractors["inception"] = InceptionFeatures(weights)
+    rows = fid_table(
+        data.classes, data.test, data.train + data.val + data.test, data.synthetic,
+        data.untrained, extractors, spec.eval.image_size, spec.seed,
     )  # fmt: skip
+    return rows, tuple(notes)
 
 
-def _real_images_by_split(spec: Spec) -> dict[str, list]:
-    real = [image for image in read_real_images(spec) if image.label in spec.labels]
-    if not real:
-        raise SourceError(
-            "evaluation needs real images: use a manifest or iu_xray source with image files "
-            "(a counts source has none)"
-        )
-    if any(image.split not in SPLITS for image in real):
-        raise SourceError(
-            "evaluation needs a train/val/test split for every real image; add a split column "
-            "to the manifest (synth data prepare writes one)"
-        )
-    by_split = {
-        split: sorted((r for r in real if r.split == split), key=lambda r: r.image_id)
-        for split in SPLITS
-    }
-    _require_every_class(
-        {split: {r.label for r in images} for split, images in by_split.items()}, spec.labels
-    )
-    return by_split
-
-
-def _require_every_class(
-    labels_by_split: dict[str, set[str]], classes: list[str], when: str = ""
-) -> None:
-    """AUC and the validation thresholds need every class in val and test."""
-    for split in ("val", "test"):
-        missing = [c for c in classes if c not in labels_by_split[split]]
-        if missing:
-            raise SourceError(
-                f"the {split} split has no real image of {missing}{when}; "
-                "AUC needs every class there"
-            )
-
-
-def _read_shards(data_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
-    """A folder's shard images of the evaluated classes, and each one's provenance row."""
-    images, rows = [], []
-    for path in shard_files(data_dir):
-        for row in pq.read_table(path).to_pylist():
-            if row["label"] in index:
-                images.append(
-                    LabelledImage(row["sample_id"], row["image"]["bytes"], index[row["label"]])
-                )
-                rows.append({k: v for k, v in row.items() if k != "image"})
-    return images, rows
-
-
-def _adapter_images(spec: Spec) -> list[str]:
-    """Identities of the images the spec's LoRAs trained on, from the training.json that
-    `synth train-lora` writes beside each adapter. Without one, the test split cannot be shown
-    to be clean, so the evaluation refuses unless the spec says otherwise."""
-    identities: list[str] = []
-    for label, cls in spec.classes.items():
-        if cls.lora is None:
-            continue
-        folder = cls.lora.path if cls.lora.path.is_dir() else cls.lora.path.parent
-        record_path = folder / "training.json"
-        if not record_path.is_file():
-            if spec.eval.allow_unverified_lora:
-                continue
-            raise LeakageError(
-                f"classes.{label}.lora: {folder} has no training.json, so nothing shows its "
-                "training images excluded the test split; train it with `synth train-lora`, or "
-                "set eval.allow_unverified_lora: true to evaluate anyway"
-            )
-        try:
-            record = json.loads(record_path.read_text())
-            images = record["images"]
-        except (OSError, json.JSONDecodeError, KeyError) as err:
-            raise SynthError(f"{record_path}: unreadable LoRA training record ({err})") from None
-        # Recorded contents identify the images wherever the manifest now is; older
-        # records name files only, found relative to the manifest they were trained from.
-        identities.extend(f"sha256:{digest}" for digest in record.get("image_sha256", []))
-        base = Path(record.get("manifest", str(record_path))).parent
-        for image in images:
-            identities.extend(image_identities(base / image))
-    return identities
-
-
-def _memorisation_reference(data: EvalData) -> tuple[list[LabelledImage], str]:
-    """The images the LoRAs trained on when their training.json names them, else the real
-    train split; the second value says which, for the report."""
-    if data.adapter_images:
-        wanted = set(data.adapter_images)
-        chosen = [i for i in data.train if image_identities(i.source) & wanted]
-        if chosen:
-            return chosen, "the images the LoRA trained on (from its training.json)"
-    return data.train, "the real train split (no LoRA training record found)"
-
-
-def _detection_by_lesion(
-    source: PhantomSource,
+def _label_fidelity(
+    spec: Spec,
     data: EvalData,
-    runs: dict[str, list[np.ndarray]],
-    val_thresholds: dict[str, list[list[float]]],
-) -> dict:
+    judge: TrainedClassifier,
+    thresholds: list[float],
+    arms: tuple[ArmResult, ...],
+) -> LabelFidelity | None:
+    """How many synthetic images the judge assigns to their intended class: at its validation
+    thresholds (primary) and by argmax."""
+    if not data.synthetic:
+        return None
+    scores = predict_scores(judge.model, data.synthetic, _train_settings(spec, seed=spec.seed))
+    labels = np.array([s.label for s in data.synthetic])
+
+    def named(shares: dict[int, float]) -> dict[str, float]:
+        return {data.classes[c]: share for c, share in shares.items()}
+
+    real = next(arm for arm in arms if arm.name == REAL)
+    return LabelFidelity(
+        at_val_threshold=named(label_fidelity_at_thresholds(labels, scores, thresholds)),
+        argmax=named(label_fidelity(labels, scores)),
+        judge_auc=real.auc_macro_mean,
+    )
+
+
+def _memorisation(
+    spec: Spec, data: EvalData, judge: TrainedClassifier
+) -> MemorisationReport | None:
+    """Each synthetic image's nearest training image on centred judge features."""
+    if not data.synthetic:
+        return None
+    settings = _train_settings(spec, seed=spec.seed)
+    reference, described = memorisation_reference(data)
+    memo = memorisation(
+        extract_features(judge.model, data.synthetic, settings),
+        extract_features(judge.model, reference, settings),
+        spec.eval.memorization_threshold,
+    )
+    pairs = tuple(
+        (data.synthetic[i], reference[j], similarity)
+        for i, j, similarity in memo.closest(MEMORISATION_PAIRS)
+    )
+    return MemorisationReport(described, memo.threshold, memo.similarities, pairs)
+
+
+def _ground_truth(
+    spec: Spec,
+    data: EvalData,
+    scores: dict[str, ArmScores],
+    thresholds: dict[str, list[list[float]]],
+) -> LesionDetection | None:
     """Each arm's opacity sensitivity on the test images by lesion contrast and size, from the
     phantom's ground truth, at the per-repeat validation thresholds of its per-class figures."""
-    lesions = read_phantom_lesions(source, [item.key for item in data.test])
+    if not isinstance(spec.source, PhantomSource):
+        return None
+    lesions = read_phantom_lesions(spec.source, [item.key for item in data.test])
     c = data.classes.index(OPACITY)
     return detection_by_lesion(
         lesions["opacity_count"].to_numpy(),
         lesions["opacity_contrast"].to_numpy(dtype=float),
         lesions["opacity_radius"].to_numpy(dtype=float),
-        {arm: [scores[:, c] for scores in arm_runs] for arm, arm_runs in runs.items()},
-        {arm: [repeat[c] for repeat in repeats] for arm, repeats in val_thresholds.items()},
+        {arm: [run[:, c] for run in s.test] for arm, s in scores.items()},
+        {arm: [repeat[c] for repeat in repeats] for arm, repeats in thresholds.items()},
     )
 
 
@@ -399,119 +256,17 @@ def _train_settings(spec: Spec, seed: int) -> TrainSettings:
     )
 
 
-def _fid_table(spec, data: EvalData, real_only, settings) -> tuple[list[dict], list[str]]:
-    """FID/KID per class and overall, real test vs synthetic, with the real-vs-real floor and,
-    when one was rendered, the untrained baseline against the same real images."""
-    rows, notes = [], []
-    if not data.synthetic:
-        return rows, ["no synthetic images: FID not computed"]
-    if spec.eval.untrained_baseline and not data.untrained:
-        notes.append(
-            f"no untrained baseline in {UNTRAINED_DIR}/{DATA_DIR}/: `synth run` renders it "
-            "when eval.enabled and eval.untrained_baseline > 0"
-        )
-    extractors: dict[str, object] = {}
-    if "classifier" in spec.eval.fid:
-        features = extract_features(real_only.model, data.test[:1], settings).shape[1]
-        extractors["classifier"] = ClassifierFeatures(real_only.model, features)
-    if "inception" in spec.eval.fid:
-        weights, reason = inception_weights(spec.eval.inception_weights)
-        if weights is None:
-            notes.append(f"FID (inception) skipped: {reason}")
-        else:
-            extractors["inception"] = weights
-    rng = np.random.default_rng(spec.seed)
-    # Its own stream, so the synthetic figures are the same with or without a baseline.
-    untrained_rng = np.random.default_rng([spec.seed, 1])
-    for name, extractor in extractors.items():
-        for c, label in [(None, "all"), *enumerate(data.classes)]:
-            real = [i for i in data.test if c is None or i.label == c]
-            synthetic = [s for s in data.synthetic if c is None or s.label == c]
-            if c is None:
-                synthetic = _match_class_mix(synthetic, real, rng)
-            # The floor compares two disjoint real sets of the same sizes as the real and
-            # synthetic sets, as far as the real images allow: FID's bias depends on n.
-            pool = [i for i in data.train + data.val + data.test if c is None or i.label == c]
-            pool = [pool[i] for i in rng.permutation(len(pool))]
-            share = len(real) / max(len(real) + len(synthetic), 1)
-            n_a = min(len(real), round(len(pool) * share))
-            n_b = min(len(synthetic), len(pool) - n_a)
-            if min(len(real), len(synthetic), n_a, n_b) < 2:
-                notes.append(f"FID ({name}) for {label}: too few images")
-                continue
-            floor = distance(
-                _tensor(pool[:n_a], settings), _tensor(pool[n_a : n_a + n_b], settings), extractor
+def _hardware() -> str:
+    """What the figures were computed on: bf16 kernels, and so the last digits, differ by CPU."""
+    run_on = device()
+    if run_on.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(run_on)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
             )
-            real_images, synthetic_images = _tensor(real, settings), _tensor(synthetic, settings)
-            value = distance(real_images, synthetic_images, extractor)
-            row = {
-                "class": label, "extractor": name, "value": _num(value.fid),
-                "kid": _num(value.kid), "n_real": value.n_real,
-                "n_synthetic": value.n_synthetic, "floor": _num(floor.fid),
-                "floor_n": [floor.n_real, floor.n_synthetic],
-            }  # fmt: skip
-            untrained = [u for u in data.untrained if c is None or u.label == c]
-            if c is None:
-                untrained = _match_class_mix(untrained, real, untrained_rng)
-            if len(untrained) >= 2:
-                # FID grows as sets shrink, so the two models are compared at one set size:
-                # the larger set is subsampled to the smaller one's.
-                n = min(len(untrained), len(synthetic))
-                chosen = _sample_indices(len(untrained), n, untrained_rng)
-                baseline = distance(
-                    real_images, _tensor([untrained[i] for i in chosen], settings), extractor
-                )
-                same_n = (
-                    value
-                    if n == len(synthetic)
-                    else distance(
-                        real_images,
-                        synthetic_images[_sample_indices(len(synthetic), n, untrained_rng)],
-                        extractor,
-                    )
-                )
-                ratio = same_n.fid / baseline.fid if baseline.fid > 0 else float("nan")
-                row |= {
-                    "untrained_fid": _num(baseline.fid), "untrained_kid": _num(baseline.kid),
-                    "compared_n": n, "synthetic_fid_at_compared_n": _num(same_n.fid),
-                    "n_untrained": len(untrained), "ratio_to_untrained": _num(ratio),
-                }  # fmt: skip
-            elif data.untrained:
-                notes.append(f"FID ({name}) of the untrained baseline for {label}: too few images")
-            rows.append(row)
-    return rows, notes
-
-
-def _sample_indices(length: int, n: int, rng: np.random.Generator) -> list[int]:
-    """n indices of `length` items, drawn without replacement, in ascending order."""
-    if n >= length:
-        return list(range(length))
-    return sorted(rng.permutation(length)[:n].tolist())
-
-
-def _match_class_mix(
-    synthetic: list[LabelledImage], real: list[LabelledImage], rng: np.random.Generator
-) -> list[LabelledImage]:
-    """Subsample synthetic images to the real set's class proportions, so the overall FID
-    measures image quality rather than a difference in class balance."""
-    classes = sorted({i.label for i in real})
-    by_class = {c: [s for s in synthetic if s.label == c] for c in classes}
-    real_share = {c: sum(i.label == c for i in real) / len(real) for c in classes}
-    scale = min((len(by_class[c]) / real_share[c] for c in classes if real_share[c]), default=0)
-    chosen = []
-    for c in classes:
-        images = by_class[c]
-        take = min(len(images), int(scale * real_share[c]))
-        chosen += [images[i] for i in _sample_indices(len(images), take, rng)]
-    return chosen
-
-
-def _tensor(items: list[LabelledImage], settings: TrainSettings) -> torch.Tensor:
-    """Images as (n, 1, size, size) floats in [0, 1], the layout torchmetrics takes."""
-    arrays = [load_square(item.source, settings.image_size) for item in items]
-    return torch.from_numpy(np.stack(arrays)).float().div(255)[:, None]
-
-
-def _num(value) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else round(value, 6)
+    except (OSError, StopIteration):
+        pass  # not Linux: the platform's own name stands
+    return f"cpu: {model}"

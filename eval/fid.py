@@ -1,19 +1,27 @@
-"""FID and KID with torchmetrics, on two feature extractors.
+"""Distribution distances on image features: FID and KID (torchmetrics), precision, recall,
+density and coverage (prdc, the reference implementation of Naeem et al. 2020), on two
+feature extractors.
 
 - `classifier`: penultimate features of a CNN trained on real data only. Works offline and is
   domain-specific.
 - `inception`: torchmetrics' standard Inception. Its weights cannot be downloaded here; a local
   file (eval.inception_weights) or torch-fidelity's file in the torch hub cache is used, and
   without either the extractor is skipped with a reason, never a crash.
-FID depends entirely on the extractor, so every number carries its extractor's name.
+FID depends entirely on the extractor, so every number carries its extractor's name. Features
+are extracted once per image; every figure and floor reuses them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from prdc import compute_prdc
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -21,18 +29,31 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from classifiers.models import penultimate_features
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+PRDC_K = 5  # CheXGenBench's k for precision/recall/density/coverage
+KID_SUBSET = 50  # images per KID subset, or fewer when a set is smaller
+KID_SEED = 0  # KID draws random subsets: a fixed seed of its own keeps it reproducible
 
 
 @dataclass(frozen=True)
 class Distance:
     fid: float
-    kid: float
-    n_real: int
-    n_synthetic: int
+    kid: float  # the mean over random subsets of both sets (torchmetrics)
+    kid_std: float  # its spread over those subsets: KID's customary uncertainty
+
+
+@dataclass(frozen=True)
+class Manifold:
+    """k-NN manifold figures: precision and density (fidelity), recall and coverage
+    (diversity); each 1.0 for two samples of one distribution, up to sampling."""
+
+    precision: float
+    recall: float
+    density: float
+    coverage: float
 
 
 class ClassifierFeatures(nn.Module):
-    """A trained classifier's penultimate layer, as torchmetrics' `feature` module."""
+    """A trained classifier's penultimate layer, on images in [0, 1] of shape (n, 1, H, W)."""
 
     def __init__(self, classifier: nn.Module, num_features: int) -> None:
         super().__init__()
@@ -41,11 +62,38 @@ class ClassifierFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # torchmetrics passes floats in [0, 1]; the classifier was trained on (x - 0.5) / 0.5,
-        # on whatever device it lives on.
+        # The classifier was trained on (x - 0.5) / 0.5, on whatever device it lives on.
         device = next(self.classifier.parameters()).device
         normalised = (images[:, :1].to(device) - 0.5) / 0.5
         return penultimate_features(self.classifier, normalised).double().cpu()
+
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' FID Inception (2048 pool features) from a local weights file."""
+
+    def __init__(self, weights: Path) -> None:
+        super().__init__()
+        self.inception = FrechetInceptionDistance(
+            feature=2048, feature_extractor_weights_path=str(weights)
+        ).inception
+        self.num_features = 2048
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = (images * 255).byte().expand(-1, 3, -1, -1)  # the uint8 RGB it was trained on
+        return self.inception(rgb).double()
+
+
+class _Precomputed(nn.Module):
+    """Features passed through as they are: torchmetrics' `feature` module for features
+    extracted once."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
 
 def inception_weights(configured: Path | None) -> tuple[Path | None, str]:
@@ -63,34 +111,35 @@ def inception_weights(configured: Path | None) -> tuple[Path | None, str]:
     )
 
 
-def distance(
-    real: torch.Tensor, synthetic: torch.Tensor, feature: nn.Module | Path, batch_size: int = 64
-) -> Distance:
-    """FID and KID between two image sets of shape (n, 1, H, W), floats in [0, 1]."""
-    n_real, n_synthetic = len(real), len(synthetic)
-    if isinstance(feature, Path):
-        fid = FrechetInceptionDistance(
-            feature=2048, normalize=True, feature_extractor_weights_path=str(feature)
-        )
-        kid = KernelInceptionDistance(
-            feature=2048, normalize=True, subset_size=min(n_real, n_synthetic, 50),
-            feature_extractor_weights_path=str(feature),
-        )  # fmt: skip
-        expand = 3  # Inception wants RGB
-    else:
-        fid = FrechetInceptionDistance(feature=feature, normalize=True)
-        kid = KernelInceptionDistance(
-            feature=feature, normalize=True, subset_size=min(n_real, n_synthetic, 50)
-        )
-        expand = 1
-    for images, is_real in ((real, True), (synthetic, False)):
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].expand(-1, expand, -1, -1)
-            fid.update(batch, real=is_real)
-            kid.update(batch, real=is_real)
-    # KID averages over random subsets drawn from torch's global generator: a fixed seed of
-    # its own keeps the figure the same from run to run, whatever ran before.
+def image_features(images: torch.Tensor, extractor: nn.Module, batch_size: int = 64) -> np.ndarray:
+    """(n, features) float64 for images of shape (n, 1, H, W), floats in [0, 1]."""
+    batches = [
+        extractor(images[start : start + batch_size]).double().cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(batches).numpy() if batches else np.zeros((0, extractor.num_features))
+
+
+def fid_kid(real: np.ndarray, synthetic: np.ndarray) -> Distance:
+    """FID and KID between two feature sets of shape (n, features)."""
+    feature = _Precomputed(real.shape[1])
+    fid = FrechetInceptionDistance(feature=feature)
+    subset = min(len(real), len(synthetic), KID_SUBSET)
+    with warnings.catch_warnings():  # it keeps every feature by design; ours are few
+        warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance` will save")
+        kid = KernelInceptionDistance(feature=feature, subset_size=subset)
+    for features, is_real in ((real, True), (synthetic, False)):
+        tensor = torch.from_numpy(features)
+        fid.update(tensor, real=is_real)
+        kid.update(tensor, real=is_real)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        kid_mean, _ = kid.compute()
-    return Distance(float(fid.compute()), float(kid_mean), n_real, n_synthetic)
+        torch.manual_seed(KID_SEED)
+        kid_mean, kid_std = kid.compute()
+    return Distance(float(fid.compute()), float(kid_mean), float(kid_std))
+
+
+def manifold(real: np.ndarray, synthetic: np.ndarray, k: int = PRDC_K) -> Manifold:
+    """Precision, recall, density and coverage with k nearest neighbours (prdc)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        figures = compute_prdc(real.astype(np.float32), synthetic.astype(np.float32), k)
+    return Manifold(**{name: float(value) for name, value in figures.items()})

@@ -3,7 +3,7 @@
 The phantom's manifest records, per image, how many opacities it has and the contrast and
 radius of its most conspicuous one. The test images with an opacity are cut into tertiles of
 each property, and each arm's sensitivity is measured per bin at the same validation threshold
-as its per-class sensitivity. Pure: arrays in, plain dicts out.
+as its per-class sensitivity. Pure: arrays in, a typed record out.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from eval.metrics import sensitivity_specificity
+from eval.results import LesionBin, LesionBreakdown, LesionDetection
 
 BINS = 3  # tertiles: enough to show a trend, few enough to keep a count in each on small sets
 LESION_PROPERTIES = ("contrast", "radius")
@@ -52,27 +53,24 @@ def detection_by_lesion(
     radius: np.ndarray,
     scores_by_arm: Mapping[str, Sequence[np.ndarray]],
     thresholds_by_arm: Mapping[str, Sequence[float]],
-) -> dict:
+) -> LesionDetection:
     """Each arm's sensitivity on the test images that have an opacity, by tertile of the
     lesion's contrast and of its radius. The arrays run over the same test images in the same
     order; `scores_by_arm[arm][r]` is repeat r's opacity score, `thresholds_by_arm[arm][r]` its
     validation threshold."""
     lesions = opacity_count > 0
-    result: dict = {
-        "lesion_images": int(lesions.sum()),
-        "several_opacities": int((opacity_count > 1).sum()),
-        "by": {},
-    }
+    by = {}
     for name, values in zip(LESION_PROPERTIES, (contrast, radius), strict=True):
         edges, bins = tertile_bins(values[lesions])
-        result["by"][name] = {
-            "bins": [
-                {"low": edges[b], "high": edges[b + 1], "n": int((bins == b).sum())}
-                for b in range(BINS)
-            ],
-            "sensitivity": {
-                arm: sensitivity_by_bin(bins, [s[lesions] for s in scores], thresholds_by_arm[arm])
+        by[name] = LesionBreakdown(
+            bins=tuple(
+                LesionBin(edges[b], edges[b + 1], int((bins == b).sum())) for b in range(BINS)
+            ),
+            sensitivity={
+                arm: tuple(
+                    sensitivity_by_bin(bins, [s[lesions] for s in scores], thresholds_by_arm[arm])
+                )
                 for arm, scores in scores_by_arm.items()
             },
-        }
-    return result
+        )
+    return LesionDetection(int(lesions.sum()), int((opacity_count > 1).sum()), by)

@@ -192,6 +192,12 @@ def memorisation(
     return Memorisation(threshold, similarity.max(axis=1), similarity.argmax(axis=1))
 
 
+def rounded(value: float) -> float | None:
+    """A figure as metrics.json keeps it: six decimals, None for NaN."""
+    value = float(value)
+    return None if np.isnan(value) else round(value, 6)
+
+
 def _nanmean(values, axis=None):
     # A resample that lacks a class has a NaN AUC by design; an all-NaN slice stays NaN.
     with warnings.catch_warnings():

@@ -93,7 +93,7 @@ eval:
         f"{time.perf_counter() - started:.1f} s; report {run_dir / 'eval' / 'report.html'}"
     )
     for verdict in result.verdicts:
-        print(verdict)
+        print(verdict.sentence)
 
 
 if __name__ == "__main__":

@@ -170,10 +170,10 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _report_eval(spec, run_dir: Path) -> None:
     from eval.evaluate import evaluate
-    from eval.report import untrained_sentences
+    from eval.report import headline, untrained_sentences
 
     result = evaluate(spec, run_dir)
-    for line in [*result.verdicts, *untrained_sentences(result)]:
+    for line in [*headline(result), *untrained_sentences(result)]:
         print(line)
     print(f"report: {run_dir / 'eval' / 'report.html'} ({result.seconds:.1f} s)")
 

@@ -53,14 +53,14 @@ def test_detection_by_lesion_skips_normal_images_and_agrees_with_the_overall_sen
     scores = {"real": [rng.random(12), rng.random(12)], "synth": [rng.random(12)]}
     thresholds = {"real": [0.4, 0.6], "synth": [0.5]}
     result = detection_by_lesion(count, contrast, radius, scores, thresholds)
-    assert result["lesion_images"] == 8 and result["several_opacities"] == 3
+    assert result.lesion_images == 8 and result.several_opacities == 3
     for name, values in (("contrast", contrast), ("radius", radius)):
-        table = result["by"][name]
-        assert [b["n"] for b in table["bins"]] == [3, 2, 3]  # quantiles of 8 distinct values
-        assert table["bins"][0]["low"] == values[lesions].min()
-        assert table["bins"][2]["high"] == values[lesions].max()
-        assert table["bins"][0]["high"] == table["bins"][1]["low"]
-        for arm, shares in table["sensitivity"].items():
+        table = result.by[name]
+        assert [b.n for b in table.bins] == [3, 2, 3]  # quantiles of 8 distinct values
+        assert table.bins[0].low == values[lesions].min()
+        assert table.bins[2].high == values[lesions].max()
+        assert table.bins[0].high == table.bins[1].low
+        for arm, shares in table.sensitivity.items():
             # Weighted by bin size, the bins give back the sensitivity on every lesion image.
             overall = np.mean(
                 [
@@ -68,5 +68,5 @@ def test_detection_by_lesion_skips_normal_images_and_agrees_with_the_overall_sen
                     for s, t in zip(scores[arm], thresholds[arm], strict=True)
                 ]
             )
-            weighted = sum(b["n"] * s for b, s in zip(table["bins"], shares, strict=True)) / 8
+            weighted = sum(b.n * s for b, s in zip(table.bins, shares, strict=True)) / 8
             assert weighted == pytest.approx(overall)

@@ -1,0 +1,189 @@
+"""What an evaluation reads: the real images by split (through the spec's source), the run's
+shard images and their provenance, and the LoRA training records. Never the generator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from classifiers.data import LabelledImage
+from eval.arms import LeakageError, image_identities
+from synth.errors import SourceError, SynthError
+from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
+from synth.sources import read_real_images
+from synth.spec import Spec
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvalData:
+    classes: list[str]
+    train: list[LabelledImage]
+    val: list[LabelledImage]
+    test: list[LabelledImage]
+    synthetic: list[LabelledImage]
+    provenance: dict[str, str]  # the synthetic set's provenance columns, summarised
+    unreadable: int  # real images skipped because they could not be read
+    adapter_images: list[str]  # images the class LoRAs were trained on (from training.json)
+    untrained: list[LabelledImage]  # the random-weight model's images (none unless rendered)
+
+
+def check_can_evaluate(spec: Spec) -> None:
+    """The cheap checks an evaluation depends on, for `synth run` to make before generating:
+    real images with every class in val and test, and LoRA training records."""
+    _real_images_by_split(spec)
+    _adapter_images(spec)
+
+
+def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
+    classes = spec.labels
+    index = {label: i for i, label in enumerate(classes)}
+    by_split: dict[str, list[LabelledImage]] = {split: [] for split in SPLITS}
+    unreadable = 0
+    for split, images in _real_images_by_split(spec).items():
+        for image in images:
+            try:
+                with Image.open(image.path) as opened:
+                    opened.verify()
+            except (OSError, ValueError, SyntaxError) as err:
+                if spec.eval.unreadable_images == "error":
+                    raise SourceError(
+                        f"{image.path}: unreadable real image ({err}); replace or remove it, or "
+                        "set eval.unreadable_images: skip"
+                    ) from None
+                unreadable += 1  # skipped and counted in the report, never a crash mid-run
+                continue
+            by_split[split].append(LabelledImage(image.image_id, image.path, index[image.label]))
+    _require_every_class(
+        {split: {classes[x.label] for x in items} for split, items in by_split.items()},
+        classes,
+        " after skipping unreadable images",
+    )
+    if not shard_files(run_dir / DATA_DIR):
+        raise SourceError(f"{run_dir}: no shards in {DATA_DIR}/; run `synth run` first")
+    synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
+    untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
+    return EvalData(
+        classes, by_split["train"], by_split["val"], by_split["test"], synthetic,
+        summarise_provenance(rows, spec.seed), unreadable, _adapter_images(spec), untrained,
+    )  # fmt: skip
+
+
+PROVENANCE_COLUMNS = (
+    "model", "vae", "lora", "lora_sha256", "lora_scale", "scheduler", "steps", "guidance_scale",
+    "device", "synth_version",
+)  # fmt: skip
+
+
+def summarise_provenance(rows: list[dict], spec_seed: int) -> dict[str, str]:
+    """Each provenance column's distinct values, the prompts (the first five) and the seeds."""
+    summary = {
+        k: ", ".join(sorted({str(r[k]) for r in rows if r.get(k) is not None})) or "—"
+        for k in PROVENANCE_COLUMNS
+    }
+    prompts = sorted({r["prompt"] for r in rows})
+    summary["prompts"] = " | ".join(prompts[:5]) + (
+        f" (+{len(prompts) - 5} more)" if len(prompts) > 5 else ""
+    )
+    seeds = [r["seed"] for r in rows]
+    summary["seeds"] = f"{len(seeds)} images, spec seed {spec_seed}" + (
+        f", per-image seeds {min(seeds)}…{max(seeds)}" if seeds else ""
+    )
+    return summary
+
+
+def _real_images_by_split(spec: Spec) -> dict[str, list]:
+    real = [image for image in read_real_images(spec) if image.label in spec.labels]
+    if not real:
+        raise SourceError(
+            "evaluation needs real images: use a manifest or iu_xray source with image files "
+            "(a counts source has none)"
+        )
+    if any(image.split not in SPLITS for image in real):
+        raise SourceError(
+            "evaluation needs a train/val/test split for every real image; add a split column "
+            "to the manifest (synth data prepare writes one)"
+        )
+    by_split = {
+        split: sorted((r for r in real if r.split == split), key=lambda r: r.image_id)
+        for split in SPLITS
+    }
+    _require_every_class(
+        {split: {r.label for r in images} for split, images in by_split.items()}, spec.labels
+    )
+    return by_split
+
+
+def _require_every_class(
+    labels_by_split: dict[str, set[str]], classes: list[str], when: str = ""
+) -> None:
+    """AUC and the validation thresholds need every class in val and test."""
+    for split in ("val", "test"):
+        missing = [c for c in classes if c not in labels_by_split[split]]
+        if missing:
+            raise SourceError(
+                f"the {split} split has no real image of {missing}{when}; "
+                "AUC needs every class there"
+            )
+
+
+def _read_shards(data_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
+    """A folder's shard images of the evaluated classes, and each one's provenance row."""
+    images, rows = [], []
+    for path in shard_files(data_dir):
+        for row in pq.read_table(path).to_pylist():
+            if row["label"] in index:
+                images.append(
+                    LabelledImage(row["sample_id"], row["image"]["bytes"], index[row["label"]])
+                )
+                rows.append({k: v for k, v in row.items() if k != "image"})
+    return images, rows
+
+
+def _adapter_images(spec: Spec) -> list[str]:
+    """Identities of the images the spec's LoRAs trained on, from the training.json that
+    `synth train-lora` writes beside each adapter. Without one, the test split cannot be shown
+    to be clean, so the evaluation refuses unless the spec says otherwise."""
+    identities: list[str] = []
+    for label, cls in spec.classes.items():
+        if cls.lora is None:
+            continue
+        folder = cls.lora.path if cls.lora.path.is_dir() else cls.lora.path.parent
+        record_path = folder / "training.json"
+        if not record_path.is_file():
+            if spec.eval.allow_unverified_lora:
+                continue
+            raise LeakageError(
+                f"classes.{label}.lora: {folder} has no training.json, so nothing shows its "
+                "training images excluded the test split; train it with `synth train-lora`, or "
+                "set eval.allow_unverified_lora: true to evaluate anyway"
+            )
+        try:
+            record = json.loads(record_path.read_text())
+            images = record["images"]
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            raise SynthError(f"{record_path}: unreadable LoRA training record ({err})") from None
+        # Recorded contents identify the images wherever the manifest now is; older
+        # records name files only, found relative to the manifest they were trained from.
+        identities.extend(f"sha256:{digest}" for digest in record.get("image_sha256", []))
+        base = Path(record.get("manifest", str(record_path))).parent
+        for image in images:
+            identities.extend(image_identities(base / image))
+    return identities
+
+
+def memorisation_reference(data: EvalData) -> tuple[list[LabelledImage], str]:
+    """The images the LoRAs trained on when their training.json names them, else the real
+    train split; the second value says which, for the report."""
+    if data.adapter_images:
+        wanted = set(data.adapter_images)
+        chosen = [i for i in data.train if image_identities(i.source) & wanted]
+        if chosen:
+            return chosen, "the images the LoRA trained on (from its training.json)"
+    return data.train, "the real train split (no LoRA training record found)"

@@ -1,0 +1,223 @@
+"""The report's tables and sentences, as plain header and rows of text, shared by the HTML and
+Markdown pages. Only formatting: every figure comes from the EvalResult as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eval.arms import REAL
+from eval.fid_table import UNTRAINED_FID_RATIO
+from eval.ground_truth import LESION_PROPERTIES
+from eval.results import EvalResult, FidRow
+
+Table = tuple[list[str], list[list]]
+
+NO_SYNTHETIC = "No synthetic images were evaluated: only the real arm ran."
+GROUND_TRUTH_TITLE = "Detection by lesion (phantom ground truth)"
+
+
+def headline(result: EvalResult) -> list[str]:
+    """The verdict sentences, or why there are none."""
+    return [v.sentence for v in result.verdicts] or [NO_SYNTHETIC]
+
+
+def verdict_table(result: EvalResult) -> Table:
+    header = ["class", "vs count-matched control", "Δ AUC (95% CI)", "vs real only",
+              "Δ AUC (95% CI)", "control vs real"]  # fmt: skip
+    rows = []
+    for v in result.verdicts:
+        control = v.vs_control
+        rows.append([
+            v.label,
+            control.outcome if control else "—",
+            _delta(control.mean, control.ci95) if control else "—",
+            v.vs_real.outcome,
+            _delta(v.vs_real.mean, v.vs_real.ci95),
+            _delta(v.control_vs_real.mean, v.control_vs_real.ci95) if v.control_vs_real else "—",
+        ])  # fmt: skip
+    return header, rows
+
+
+def untrained_sentences(result: EvalResult) -> list[str]:
+    """The check that the generator beats random weights: overall, or per class where there is
+    no overall figure (a class without synthetic images leaves none)."""
+    compared = [r for r in result.fid if r.untrained is not None]
+    overall = [r for r in compared if r.label == "all"]
+    sentences = []
+    for row in overall or compared:
+        check = row.untrained
+        scope = "" if row.label == "all" else f", class {row.label}"
+        if check.ratio is None:
+            sentences.append(
+                f"Check that the generator beats random weights ({row.extractor} features"
+                f"{scope}): {check.note or 'no figure'}."
+            )
+            continue
+        sentences.append(
+            f"Check that the generator beats random weights ({row.extractor} features{scope}): "
+            f"synthetic FID {_f(check.synthetic_fid)} against {_f(check.untrained_fid)} for the "
+            f"same model with random weights, {check.compared_n} images each; ratio "
+            f"{_f(check.ratio)}, {'passed' if check.passed else 'failed'} (it passes at ≤ "
+            f"{UNTRAINED_FID_RATIO})."
+        )
+    return sentences
+
+
+def distribution_table(result: EvalResult) -> Table:
+    rows = [
+        [c, result.real_counts[c], result.synthetic_counts.get(c, 0),
+         result.real_counts[c] + result.synthetic_counts.get(c, 0)]
+        for c in result.classes
+    ]  # fmt: skip
+    return ["class", "real (train)", "synthetic", "after"], rows
+
+
+def arm_table(result: EvalResult) -> Table:
+    header = ["arm", "train images", "macro AUC (mean ± std)", "95% CI", "Δ vs real (95% CI)"]
+    for c in result.classes:
+        header += [f"{c} AUC", f"{c} sens/spec"]
+    rows = []
+    for arm in result.arms:
+        row = [
+            arm.name + (" (control)" if arm.is_control else ""),
+            arm.train_images + arm.pretrain_images,
+            f"{_f(arm.auc_macro_mean)} ± {_f(arm.auc_macro_std)}",
+            f"{_f(arm.auc_macro_ci95[0])}–{_f(arm.auc_macro_ci95[1])}",
+            "—" if arm.name == REAL else _delta(arm.delta_vs_real.mean, arm.delta_vs_real.ci95),
+        ]
+        for c in result.classes:
+            stats = arm.per_class[c]
+            row += [
+                f"{_f(stats.auc_mean)} ± {_f(stats.auc_std)}",
+                f"{_f(stats.sensitivity)}/{_f(stats.specificity)}",
+            ]
+        rows.append(row)
+    return header, rows
+
+
+def fid_explanation(result: EvalResult) -> str:
+    return (
+        "Real test images against synthetic ones. Every figure sits beside its floor: the same "
+        "distance between two disjoint sets of real images of exactly the same two sizes, which "
+        "is what sampling alone gives at that n. A row with fewer than "
+        f"{result.fid_min_n} images a side shows no figure. KID is the mean over random subsets "
+        "± its spread over them. FID has no confidence interval: resampling the synthetic set "
+        "with replacement duplicates images, which raises FID by an amount that depends on n "
+        "and on the feature dimension, so a bootstrap interval would not bracket the figure; "
+        "read FID against its floor. Precision and density (fidelity), recall and coverage "
+        "(diversity) use k = 5 nearest neighbours on the same features; each is about 1 for two "
+        "samples of one distribution."
+    )
+
+
+def fid_table(result: EvalResult) -> Table:
+    header = ["class", "extractor", "n real", "n synthetic", "FID", "floor (real vs real)",
+              "KID ± spread", "floor KID", "precision", "recall", "density", "coverage",
+              "note"]  # fmt: skip
+    rows = [
+        [r.label, r.extractor, r.n_real, r.n_synthetic, _f(r.value), _f(r.floor),
+         "—" if r.kid is None else f"{r.kid:.4f} ± {r.kid_std:.4f}", _f(r.floor_kid, 4),
+         _f(r.precision), _f(r.recall), _f(r.density), _f(r.coverage), r.note or ""]
+        for r in result.fid
+    ]  # fmt: skip
+    return header, rows
+
+
+def untrained_table(result: EvalResult) -> Table | None:
+    rows = [_untrained_row(r) for r in result.fid if r.untrained is not None]
+    if not rows:
+        return None
+    header = ["class", "extractor", "n compared", "synthetic FID", "random-weight FID", "ratio",
+              f"passes (≤ {UNTRAINED_FID_RATIO})"]  # fmt: skip
+    return header, rows
+
+
+def _untrained_row(row: FidRow) -> list:
+    check = row.untrained
+    passed = "—" if check.passed is None else ("yes" if check.passed else "no")
+    return [row.label, row.extractor, check.compared_n, _f(check.synthetic_fid),
+            _f(check.untrained_fid), _f(check.ratio), passed]  # fmt: skip
+
+
+def fidelity_note(result: EvalResult) -> str:
+    judge = result.label_fidelity.judge_auc if result.label_fidelity else None
+    return (
+        "The share of each class's synthetic images that the judge, a classifier trained on "
+        f"real data only (macro AUC {_f(judge)} on the real test split), assigns to that class. "
+        "The primary figure is at the operating point chosen on real validation data (Youden's "
+        "J), which does not depend on how the judge's scores are calibrated; the argmax share is "
+        "secondary, biased toward the class the judge saw most. Either is only as good as the "
+        "judge."
+    )
+
+
+def fidelity_table(result: EvalResult) -> Table:
+    fidelity = result.label_fidelity
+    rows = [
+        [c, _f(share), _f(fidelity.argmax.get(c))]
+        for c, share in (fidelity.at_val_threshold.items() if fidelity else ())
+    ]
+    return ["class", "at validation threshold (primary)", "by highest score (argmax)"], rows
+
+
+def ground_truth_note(result: EvalResult) -> str:
+    truth = result.ground_truth
+    return (
+        f"Sensitivity on the {truth.lesion_images} opacity images of the real test split, "
+        "as the phantom ground truth marks them, at the validation Youden threshold of each "
+        f"arm, averaged over {result.repeats} repeat(s); by tertile of lesion peak "
+        "contrast and of lesion radius (a fraction of the image width). An image with several "
+        f"opacities ({truth.several_opacities} here) counts by the one with the largest "
+        "radius × contrast, as the manifest records it. A value on a bin edge counts in the "
+        "upper bin; — marks an empty bin."
+    )
+
+
+def ground_truth_table(result: EvalResult) -> Table:
+    by = result.ground_truth.by
+    header = ["arm"] + [
+        f"{name} {_f(b.low)}–{_f(b.high)} (n={b.n})"
+        for name in LESION_PROPERTIES
+        for b in by[name].bins
+    ]
+    rows = [
+        [arm.name + (" (control)" if arm.is_control else "")]
+        + [_f(s) for name in LESION_PROPERTIES for s in by[name].sensitivity[arm.name]]
+        for arm in result.arms
+    ]
+    return header, rows
+
+
+def memorisation_sentence(result: EvalResult) -> str:
+    memo = result.memorisation
+    return (
+        f"{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} (centred "
+        f"classifier features) to {memo.reference}; the highest is "
+        f"{memo.similarities.max():.3f}, the median {float(np.median(memo.similarities)):.3f}."
+    )
+
+
+def provenance_table(result: EvalResult) -> Table:
+    return ["field", "values"], [[k, v] for k, v in result.provenance.items()]
+
+
+def closing_line(result: EvalResult) -> str:
+    config = result.config
+    return (
+        f"Evaluation took {result.seconds:.1f} s on {config.get('hardware')}. Classifier start: "
+        f"{config.get('classifier_weights')}; bf16 autocast: {config.get('autocast', 'off')}. "
+        f"Unreadable real images skipped: {result.unreadable_real_images}."
+    )
+
+
+def _delta(mean: float | None, ci95: tuple[float | None, float | None]) -> str:
+    return f"{_signed(mean)} ({_signed(ci95[0])} to {_signed(ci95[1])})"
+
+
+def _f(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value) -> str:
+    return "—" if value is None else f"{value:+.3f}"
