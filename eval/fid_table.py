@@ -125,7 +125,7 @@ def _row(
         )
         skipped = UntrainedComparison(
             len(untrained), min(len(untrained), n_synthetic), None, None, None, None, None,
-            note="not compared: this row has no synthetic figure",
+            UNTRAINED_FID_RATIO, note="not compared: this row has no synthetic figure",
         )  # fmt: skip
         return FidRow(
             **common, **empty, note="; ".join([reason, *notes]),
@@ -163,7 +163,7 @@ def _untrained(
     n = min(len(untrained), len(synthetic))
     if n < min_n:
         return UntrainedComparison(
-            len(untrained), n, None, None, None, None, None,
+            len(untrained), n, None, None, None, None, None, UNTRAINED_FID_RATIO,
             note=f"not compared: {n} images, below the minimum of {min_n}",
         )  # fmt: skip
     baseline = fid_kid(real_f, features(_sample(untrained, n, rng)))
@@ -176,6 +176,7 @@ def _untrained(
         untrained_kid=rounded(baseline.kid), synthetic_fid=rounded(synthetic_fid),
         ratio=rounded(ratio) if ratio is not None else None,
         passed=ratio is not None and ratio <= UNTRAINED_FID_RATIO,
+        pass_ratio=UNTRAINED_FID_RATIO,
     )  # fmt: skip
 
 

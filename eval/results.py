@@ -97,7 +97,8 @@ class UntrainedComparison:
     untrained_kid: float | None
     synthetic_fid: float | None  # at compared_n
     ratio: float | None  # synthetic_fid / untrained_fid
-    passed: bool | None  # ratio <= UNTRAINED_FID_RATIO; None when too few images
+    passed: bool | None  # ratio <= pass_ratio; None when too few images
+    pass_ratio: float
     note: str | None = None
 
 

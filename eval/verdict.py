@@ -104,10 +104,13 @@ def sentence(
         )
         if control_vs_real is not None:
             gained = outcome(control_vs_real.ci95, "helps", "no_effect", "hurts") == "helps"
+            if vs_control.outcome == "beats_control":
+                joint = "while"
+            else:
+                joint = "but" if gained else "and"
             text += (
-                f", {'but' if vs_control.outcome != 'beats_control' else 'while'} duplication "
-                f"{'added' if gained else 'changed AUC by'} {_signed(control_vs_real.mean)} "
-                f"({_ci(control_vs_real.ci95)})"
+                f", {joint} duplication {'added' if gained else 'changed AUC by'} "
+                f"{_signed(control_vs_real.mean)} ({_ci(control_vs_real.ci95)})"
             )
         text += "."
     if real_auc is not None and real_auc >= SATURATED_AUC:

@@ -73,7 +73,7 @@ def result() -> EvalResult:
     arm_results = score_arms(arms, scores, thresholds, labels, CLASSES, bootstrap=200, seed=0)
     real_counts, synthetic_counts = {"normal": 552, "opacity": 48}, {"normal": 148, "opacity": 652}
     synthetic = tuple(LabelledImage(f"syn-{i}", _png(200 - i), i % 2) for i in range(8))
-    untrained = UntrainedComparison(256, 51, 107.6, 0.9, 1.89, 0.017565, True)
+    untrained = UntrainedComparison(256, 51, 107.6, 0.9, 1.89, 0.017565, True, 0.5)
     return EvalResult(
         name=f"quick {SCRIPT}",
         seed=1,

@@ -91,6 +91,7 @@ def test_the_same_as_the_control_matches_it_and_the_same_as_real_has_no_effect()
         "Synthetic opacity images did no better than duplicating the real ones"
     )
     assert "not distinguishable from no change" in verdict.sentence
+    assert ", and duplication changed AUC by +0.000 (+0.000 to +0.000)." in verdict.sentence
 
 
 def test_worse_than_real_alone_hurts():

@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from eval.arms import REAL
-from eval.fid_table import UNTRAINED_FID_RATIO
-from eval.ground_truth import LESION_PROPERTIES
 from eval.results import EvalResult, FidRow
 
 Table = tuple[list[str], list[list]]
@@ -59,7 +57,7 @@ def untrained_sentences(result: EvalResult) -> list[str]:
             f"synthetic FID {_f(check.synthetic_fid)} against {_f(check.untrained_fid)} for the "
             f"same model with random weights, {check.compared_n} images each; ratio "
             f"{_f(check.ratio)}, {'passed' if check.passed else 'failed'} (it passes at ≤ "
-            f"{UNTRAINED_FID_RATIO})."
+            f"{check.pass_ratio})."
         )
     return sentences
 
@@ -125,11 +123,12 @@ def fid_table(result: EvalResult) -> Table:
 
 
 def untrained_table(result: EvalResult) -> Table | None:
-    rows = [_untrained_row(r) for r in result.fid if r.untrained is not None]
-    if not rows:
+    compared = [r for r in result.fid if r.untrained is not None]
+    if not compared:
         return None
     header = ["class", "extractor", "n compared", "synthetic FID", "random-weight FID", "ratio",
-              f"passes (≤ {UNTRAINED_FID_RATIO})"]  # fmt: skip
+              f"passes (≤ {compared[0].untrained.pass_ratio})"]  # fmt: skip
+    rows = [_untrained_row(r) for r in compared]
     return header, rows
 
 
@@ -177,13 +176,11 @@ def ground_truth_note(result: EvalResult) -> str:
 def ground_truth_table(result: EvalResult) -> Table:
     by = result.ground_truth.by
     header = ["arm"] + [
-        f"{name} {_f(b.low)}–{_f(b.high)} (n={b.n})"
-        for name in LESION_PROPERTIES
-        for b in by[name].bins
+        f"{name} {_f(b.low)}–{_f(b.high)} (n={b.n})" for name in by for b in by[name].bins
     ]
     rows = [
         [arm.name + (" (control)" if arm.is_control else "")]
-        + [_f(s) for name in LESION_PROPERTIES for s in by[name].sensitivity[arm.name]]
+        + [_f(s) for name in by for s in by[name].sensitivity[arm.name]]
         for arm in result.arms
     ]
     return header, rows
