@@ -168,9 +168,12 @@ def _distribution_distances(
             notes.append(f"FID (inception) skipped: {reason}")
         else:
             extractors["inception"] = InceptionFeatures(weights)
+    # The classifier trained on the train split, so its floors draw from held-out images only.
+    held_out, every = data.val + data.test, data.train + data.val + data.test
+    pools = {name: held_out if name == "classifier" else every for name in extractors}
     rows = fid_table(
-        data.classes, data.test, data.train + data.val + data.test, data.synthetic,
-        data.untrained, extractors, spec.eval.image_size, spec.seed,
+        data.classes, data.test, pools, data.synthetic, data.untrained, extractors,
+        spec.eval.image_size, spec.seed,
     )  # fmt: skip
     return rows, tuple(notes)
 
@@ -217,7 +220,15 @@ def _memorisation(
         (data.synthetic[i], reference[j], similarity)
         for i, j, similarity in memo.closest(MEMORISATION_PAIRS)
     )
-    return MemorisationReport(described, memo.threshold, memo.similarities, pairs)
+    return MemorisationReport(
+        reference=described,
+        threshold=memo.threshold,
+        n_flagged=memo.n_flagged,
+        max_similarity=float(memo.similarities.max()),
+        median_similarity=float(np.median(memo.similarities)),
+        similarities=memo.similarities,
+        pairs=pairs,
+    )
 
 
 def _ground_truth(

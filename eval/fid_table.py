@@ -2,14 +2,18 @@
 real-vs-real floor measured at exactly the same two set sizes.
 
 FID's bias grows as sets shrink, so a figure means something only beside a floor drawn at its
-own n. The real side is the real test split; the floor draws two disjoint sets from every real
-image of the row's classes. When those cannot supply both sizes, the larger side is subsampled
-until they can, and the row says so. Below FID_MIN_N images a side, the row's figures are None,
-with the reason: no number is computed from a handful of images.
+own n. The real side is the real test split. The floor draws two disjoint random sets with the
+figure's own class counts from the real images its extractor may use: for the classifier,
+which trained on the train split, only held-out images (val and test), whose features are
+like the test images'; for Inception, every real image. When those cannot supply both sizes,
+the figure's sets shrink until they can (the larger side first), and the row says so. Below
+FID_MIN_N images a side, the row's figures are None, with the reason: no number is computed
+from a handful of images.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import torch
 from torch import nn
 
 from classifiers.data import LabelledImage, load_square
-from eval.fid import fid_kid, image_features, manifold
+from eval.fid import KID_SUBSET, fid_kid, image_features, manifold
 from eval.metrics import rounded
 from eval.results import FidRow, UntrainedComparison
 
@@ -44,10 +48,33 @@ def matched_sizes(n_real: int, n_synthetic: int, pool: int) -> tuple[int, int]:
     return pool // 2, pool // 2
 
 
+def stratified_sizes(
+    real: Mapping[int, int], synthetic: Mapping[int, int], pool: Mapping[int, int]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per class, how many real and synthetic images a figure uses so that its floor's two
+    disjoint real sets, drawn with the same class counts, fit in the pool. One class: the larger
+    side gives way first (`matched_sizes`); several: both sides shrink by one factor, which
+    keeps their class mix."""
+    classes = sorted(set(real) | set(synthetic))
+    if len(classes) == 1:
+        [c] = classes
+        a, b = matched_sizes(real.get(c, 0), synthetic.get(c, 0), pool.get(c, 0))
+        return {c: a}, {c: b}
+    factor = min(
+        [1.0]
+        + [pool.get(c, 0) / (real.get(c, 0) + synthetic.get(c, 0)) for c in classes
+           if real.get(c, 0) + synthetic.get(c, 0)]
+    )  # fmt: skip
+    return (
+        {c: int(real.get(c, 0) * factor) for c in classes},
+        {c: int(synthetic.get(c, 0) * factor) for c in classes},
+    )
+
+
 def fid_table(
     classes: Sequence[str],
     real_test: Sequence[LabelledImage],
-    real_pool: Sequence[LabelledImage],
+    floor_pools: Mapping[str, Sequence[LabelledImage]],
     synthetic: Sequence[LabelledImage],
     untrained: Sequence[LabelledImage],
     extractors: Mapping[str, nn.Module],
@@ -56,7 +83,8 @@ def fid_table(
     min_n: int = FID_MIN_N,
 ) -> tuple[FidRow, ...]:
     """Every row, per extractor: all classes first (the synthetic and untrained sets matched to
-    the real test split's class mix), then each class. `real_pool` holds every real image."""
+    the real test split's class mix), then each class. `floor_pools[extractor]` holds the real
+    images that extractor's floors may draw from."""
     rows = []
     for name, extractor in extractors.items():
         features = _Features(extractor, image_size)
@@ -67,22 +95,20 @@ def fid_table(
             real = [i for i in real_test if c is None or i.label == c]
             ours = [s for s in synthetic if c is None or s.label == c]
             baseline = [u for u in untrained if c is None or u.label == c]
-            mix_note = None
+            notes = []
+            available = len(ours)
             if c is None:
-                matched = _match_class_mix(ours, real, rng)
-                if len(matched) < len(ours):
-                    mix_note = (
-                        f"{len(matched)} of the {len(ours)} synthetic images, drawn to the real "
+                ours = _match_class_mix(ours, real, rng)
+                baseline = _match_class_mix(baseline, real, np.random.default_rng([seed, scope, 2]))
+                if len(ours) < available:
+                    notes.append(
+                        f"{len(ours)} of the {available} synthetic images, drawn to the real "
                         "test split's class mix"
                     )
-                available, ours = len(ours), matched
-                baseline = _match_class_mix(baseline, real, np.random.default_rng([seed, 0, 2]))
-            else:
-                available = len(ours)
-            pool = [i for i in real_pool if c is None or i.label == c]
+            pool = [i for i in floor_pools[name] if c is None or i.label == c]
             rows.append(
                 _row(label, name, features, real, ours, available, pool, baseline, rng, min_n,
-                     mix_note, np.random.default_rng([seed, scope, 1]))
+                     notes, np.random.default_rng([seed, scope, 1]))
             )  # fmt: skip
     return tuple(rows)
 
@@ -98,16 +124,19 @@ def _row(
     untrained: list[LabelledImage],
     rng: np.random.Generator,
     min_n: int,
-    mix_note: str | None,
+    notes: list[str],
     untrained_rng: np.random.Generator,
 ) -> FidRow:
-    n_real, n_synthetic = matched_sizes(len(real), len(synthetic), len(pool))
-    notes = [mix_note] if mix_note else []
+    real_counts, synthetic_counts = stratified_sizes(
+        Counter(i.label for i in real), Counter(s.label for s in synthetic),
+        Counter(i.label for i in pool),
+    )  # fmt: skip
+    n_real, n_synthetic = sum(real_counts.values()), sum(synthetic_counts.values())
     if (n_real, n_synthetic) != (len(real), len(synthetic)):
         notes.append(
             f"subsampled to {n_real} real and {n_synthetic} synthetic images (of {len(real)} and "
             f"{len(synthetic)}) so that the floor's two disjoint real sets fit in the {len(pool)} "
-            f"real images of {'every class' if label == ALL else label}"
+            f"real images it may draw from"
         )
     empty = dict.fromkeys(
         ("value", "kid", "kid_std", "floor", "floor_kid", "precision", "recall", "density",
@@ -116,7 +145,6 @@ def _row(
     common = dict(
         label=label, extractor=extractor, n_real=n_real, n_synthetic=n_synthetic,
         available_real=len(real), available_synthetic=available_synthetic,
-        floor_n=(n_real, n_synthetic),
     )  # fmt: skip
     if min(n_real, n_synthetic) < min_n:
         reason = (
@@ -128,21 +156,25 @@ def _row(
             UNTRAINED_FID_RATIO, note="not compared: this row has no synthetic figure",
         )  # fmt: skip
         return FidRow(
-            **common, **empty, note="; ".join([reason, *notes]),
+            **common, **empty, floor_n=(n_real, n_synthetic), note="; ".join([reason, *notes]),
             untrained=skipped if untrained else None,
         )  # fmt: skip
-    real = _sample(real, n_real, rng)
-    synthetic = _sample(synthetic, n_synthetic, rng)
-    pool = _sample(pool, n_real + n_synthetic, rng)
+    real = _sample_by_class(real, real_counts, rng)
+    synthetic = _sample_by_class(synthetic, synthetic_counts, rng)
+    floor_a, floor_b = _disjoint_by_class(pool, real_counts, synthetic_counts, rng)
     real_f, synthetic_f = features(real), features(synthetic)
     value = fid_kid(real_f, synthetic_f)
-    floor = fid_kid(features(pool[:n_real]), features(pool[n_real:]))
+    floor = fid_kid(features(floor_a), features(floor_b))
     spread = manifold(real_f, synthetic_f)
+    # When KID's subsets are both whole sets, every subset is the same: no spread to report.
+    whole = len(real) == len(synthetic) <= KID_SUBSET
     return FidRow(
-        **common, value=rounded(value.fid), kid=rounded(value.kid), kid_std=rounded(value.kid_std),
-        floor=rounded(floor.fid), floor_kid=rounded(floor.kid), precision=rounded(spread.precision),
-        recall=rounded(spread.recall), density=rounded(spread.density),
-        coverage=rounded(spread.coverage), note="; ".join(notes) or None,
+        **common, value=rounded(value.fid), kid=rounded(value.kid),
+        kid_std=None if whole else rounded(value.kid_std), floor=rounded(floor.fid),
+        floor_kid=rounded(floor.kid), floor_n=(len(floor_a), len(floor_b)),
+        precision=rounded(spread.precision), recall=rounded(spread.recall),
+        density=rounded(spread.density), coverage=rounded(spread.coverage),
+        note="; ".join(notes) or None,
         untrained=_untrained(untrained, synthetic, real_f, synthetic_f, value.fid, features,
                              min_n, untrained_rng) if untrained else None,
     )  # fmt: skip
@@ -175,7 +207,7 @@ def _untrained(
         n_untrained=len(untrained), compared_n=n, untrained_fid=rounded(baseline.fid),
         untrained_kid=rounded(baseline.kid), synthetic_fid=rounded(synthetic_fid),
         ratio=rounded(ratio) if ratio is not None else None,
-        passed=ratio is not None and ratio <= UNTRAINED_FID_RATIO,
+        passed=None if ratio is None else ratio <= UNTRAINED_FID_RATIO,
         pass_ratio=UNTRAINED_FID_RATIO,
     )  # fmt: skip
 
@@ -205,6 +237,33 @@ def _sample(
     if n >= len(items):
         return list(items)
     return [items[i] for i in np.sort(rng.permutation(len(items))[:n])]
+
+
+def _sample_by_class(
+    items: Sequence[LabelledImage], counts: Mapping[int, int], rng: np.random.Generator
+) -> list[LabelledImage]:
+    """counts[c] items of each class c, drawn without replacement."""
+    return [
+        item for c in sorted(counts) for item in _sample([i for i in items if i.label == c],
+                                                           counts[c], rng)
+    ]  # fmt: skip
+
+
+def _disjoint_by_class(
+    pool: Sequence[LabelledImage],
+    first: Mapping[int, int],
+    second: Mapping[int, int],
+    rng: np.random.Generator,
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Two disjoint random draws from the pool with first[c] and second[c] images of each
+    class c. Drawn in a random order, not the pool's: the pool is sorted by split and id."""
+    a, b = [], []
+    for c in sorted(first):
+        of_class = [i for i in pool if i.label == c]
+        order = rng.permutation(len(of_class))
+        a += [of_class[k] for k in order[: first[c]]]
+        b += [of_class[k] for k in order[first[c] : first[c] + second.get(c, 0)]]
+    return a, b
 
 
 def _match_class_mix(

@@ -68,7 +68,7 @@ VsReal = Literal["helps", "no_effect", "hurts"]
 class Comparison:
     """A paired difference and what its CI alone says about it."""
 
-    outcome: str  # a VsControl or VsReal value
+    outcome: VsControl | VsReal
     mean: float | None
     ci95: CI
 
@@ -143,12 +143,11 @@ class LabelFidelity:
 class MemorisationReport:
     reference: str  # which training images, in words
     threshold: float
+    n_flagged: int  # synthetic images at or above the threshold
+    max_similarity: float
+    median_similarity: float
     similarities: np.ndarray  # per synthetic image: centred cosine to its nearest reference
     pairs: tuple[tuple[LabelledImage, LabelledImage, float], ...]  # the closest few
-
-    @property
-    def n_flagged(self) -> int:
-        return int((self.similarities >= self.threshold).sum())
 
 
 @dataclass(frozen=True)

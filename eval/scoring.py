@@ -21,7 +21,7 @@ from eval.metrics import (
     summarise_auc,
     youden_threshold,
 )
-from eval.results import NO_DIFFERENCE, ArmResult, ClassAuc, Delta
+from eval.results import CI, NO_DIFFERENCE, ArmResult, ClassAuc, Delta
 
 
 @dataclass(frozen=True)
@@ -106,5 +106,5 @@ def score_arms(
     return tuple(results)
 
 
-def _ci(pair) -> tuple[float | None, float | None]:
+def _ci(pair: Sequence[float]) -> CI:
     return rounded(pair[0]), rounded(pair[1])

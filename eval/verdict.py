@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from eval.arms import CONTROL, REAL, synth_arm_name
-from eval.results import ArmResult, Comparison, Delta, Verdict
+from eval.formatting import interval, signed
+from eval.results import CI, ArmResult, Comparison, Delta, Verdict
 
 # Real data alone at this AUC leaves no room for any arm to show a gain.
 SATURATED_AUC = 0.999
 
 
-def outcome(ci95: tuple[float | None, float | None], above: str, middle: str, below: str) -> str:
+def outcome(ci95: CI, above: str, middle: str, below: str) -> str:
     """`above` when the CI's lower end is above 0, `below` when its upper end is below 0."""
     low, high = ci95
     if low is not None and low > 0:
@@ -45,7 +46,8 @@ def verdicts(
     real_counts: Mapping[str, int],
     synthetic_counts: Mapping[str, int],
 ) -> tuple[Verdict, ...]:
-    """One verdict per judged class, for real+synth@1 against the control and against real."""
+    """One verdict per judged class, for real+synth@1 against the control and against real. A
+    class with no real train images has no control: nothing was there to duplicate."""
     by_name = {arm.name: arm for arm in arms}
     full = by_name.get(synth_arm_name(1.0))
     if full is None:
@@ -56,11 +58,11 @@ def verdicts(
         stats = full.per_class[label]
         vs_real = _compare(stats.delta_vs_real, "helps", "no_effect", "hurts")
         vs_control = None
-        if stats.delta_vs_control is not None:
+        if stats.delta_vs_control is not None and real_counts.get(label, 0) > 0:
             vs_control = _compare(
                 stats.delta_vs_control, "beats_control", "matches_control", "below_control"
             )
-        control_vs_real = control.per_class[label].delta_vs_real if control else None
+        control_vs_real = control.per_class[label].delta_vs_real if control and vs_control else None
         real_auc = by_name[REAL].per_class[label].auc_mean
         judged.append(
             Verdict(
@@ -85,11 +87,17 @@ def sentence(
 ) -> str:
     """The plain-language verdict: the control comparison first, then real alone."""
     if vs_control is None:
-        lead = (
+        text = (
             f"No count-matched control could be built for {label} (no real train images to "
             f"duplicate), so only the comparison with real data stands: synthetic {label} images"
+            f" {_vs_real_phrase(vs_real)}."
         )
-        text = f"{lead} {_vs_real_phrase(vs_real)}."
+    elif vs_control.mean is None or None in vs_control.ci95:
+        text = (
+            f"The comparison of synthetic {label} images with the count-matched control could "
+            "not be computed (no AUC on some resample); against real data alone they "
+            f"{_vs_real_phrase(vs_real)}."
+        )
     else:
         lead = {
             "beats_control": f"Synthetic {label} images did better than duplicating the real "
@@ -99,22 +107,21 @@ def sentence(
             "below_control": f"Synthetic {label} images did worse than duplicating the real ones",
         }[vs_control.outcome]
         text = (
-            f"{lead}: {_signed(vs_control.mean)} AUC (95% CI {_ci(vs_control.ci95)}) against the "
-            f"count-matched control; against real data alone they {_vs_real_phrase(vs_real)}"
+            f"{lead}: {signed(vs_control.mean)} AUC (95% CI {interval(vs_control.ci95)}) against "
+            f"the count-matched control; against real data alone they {_vs_real_phrase(vs_real)}"
         )
         if control_vs_real is not None:
             gained = outcome(control_vs_real.ci95, "helps", "no_effect", "hurts") == "helps"
-            if vs_control.outcome == "beats_control":
-                joint = "while"
-            else:
-                joint = "but" if gained else "and"
+            joint = {"beats_control": "while"}.get(vs_control.outcome, "but" if gained else "and")
             text += (
                 f", {joint} duplication {'added' if gained else 'changed AUC by'} "
-                f"{_signed(control_vs_real.mean)} ({_ci(control_vs_real.ci95)})"
+                f"{signed(control_vs_real.mean)} ({interval(control_vs_real.ci95)})"
             )
         text += "."
     if real_auc is not None and real_auc >= SATURATED_AUC:
-        text += " Real data alone already scores AUC 1.0 here, so no arm can show a gain."
+        text += (
+            f" Real data alone already scores AUC {real_auc:.3f} here, so no arm can show a gain."
+        )
     return text
 
 
@@ -123,17 +130,11 @@ def _compare(delta: Delta, above: str, middle: str, below: str) -> Comparison:
 
 
 def _vs_real_phrase(vs_real: Comparison) -> str:
-    amount, ci = _signed(vs_real.mean), _ci(vs_real.ci95)
+    if vs_real.mean is None or None in vs_real.ci95:
+        return "could not be compared (no AUC on some resample)"
+    amount, ci = signed(vs_real.mean), interval(vs_real.ci95)
     return {
         "helps": f"added {amount} ({ci})",
         "no_effect": f"changed AUC by {amount} ({ci}), not distinguishable from no change",
         "hurts": f"changed AUC by {amount} ({ci}), a loss",
     }[vs_real.outcome]
-
-
-def _ci(ci95: tuple[float | None, float | None]) -> str:
-    return f"{_signed(ci95[0])} to {_signed(ci95[1])}"
-
-
-def _signed(value: float | None) -> str:
-    return "—" if value is None else f"{value:+.3f}"

@@ -60,18 +60,16 @@ def test_the_results_module_computes_nothing():
 
 
 def test_the_report_writers_only_render():
-    """They read the typed results and the arm names; no metric, FID, training or torch."""
+    """They read the typed results and the arm names; no metric, FID, verdict, training or
+    torch: the verdict and every figure are decided before they are written."""
 
     def allowed(name: str) -> bool:
         if name.startswith("eval."):
-            return name in {"eval.results", "eval.arms"} or name.startswith("eval.report")
+            return name in {"eval.results", "eval.arms", "eval.formatting"} or name.startswith(
+                "eval.report"
+            )
         return name.split(".")[0] not in {"torch", "torchmetrics", "classifiers"} or name == (
             "classifiers.data"  # the image type and its decoder, for thumbnails
         )
 
     assert _offending(_files("eval/report"), allowed) == []
-
-
-def test_the_verdict_is_decided_outside_the_report():
-    assert _offending(_files("eval/report"), lambda n: n != "eval.verdict") == []
-    assert "def verdicts" in (ROOT / "eval" / "verdict.py").read_text()

@@ -13,7 +13,7 @@ from PIL import Image
 from classifiers.data import LabelledImage
 from classifiers.models import build_classifier
 from eval.fid import ClassifierFeatures, fid_kid, image_features, manifold
-from eval.fid_table import ALL, FID_MIN_N, fid_table, matched_sizes
+from eval.fid_table import ALL, FID_MIN_N, fid_table, matched_sizes, stratified_sizes
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,14 @@ def test_fid_rows_share_one_n_with_their_floor_and_stay_empty_below_the_minimum(
     synthetic = _images("s0-", 70, 0, 140, 5) + _images("s1-", 30, 1, 95, 6)
     untrained = _images("u0-", 10, 0, 128, 7) + _images("u1-", 40, 1, 128, 8)
     rows = fid_table(
-        ["rare", "common"], test, pool, synthetic, untrained, {"classifier": extractor}, 32, 0
+        ["rare", "common"],
+        test,
+        {"classifier": pool},
+        synthetic,
+        untrained,
+        {"classifier": extractor},
+        32,
+        0,
     )
     by_class = {row.label: row for row in rows}
     assert [row.label for row in rows] == [ALL, "rare", "common"]
@@ -107,7 +114,7 @@ def test_fid_rows_share_one_n_with_their_floor_and_stay_empty_below_the_minimum(
 
     common = by_class["common"]
     assert (common.n_real, common.n_synthetic) == (60, 30) and common.note is None
-    assert common.floor_n == (60, 30) and common.value > 0 and common.floor >= 0
+    assert common.floor_n == (60, 30) and common.value > common.floor
     assert 0 <= common.precision <= 1 and 0 <= common.coverage <= 1
     assert common.untrained.compared_n == 30 and common.untrained.passed is not None
 
@@ -122,15 +129,56 @@ def test_fid_rows_share_one_n_with_their_floor_and_stay_empty_below_the_minimum(
     )
     # Deterministic: the same draws and figures again.
     again = fid_table(
-        ["rare", "common"], test, pool, synthetic, untrained, {"classifier": extractor}, 32, 0
+        ["rare", "common"],
+        test,
+        {"classifier": pool},
+        synthetic,
+        untrained,
+        {"classifier": extractor},
+        32,
+        0,
     )
     assert again == rows
     # 12 untrained images: too few to compare, said so; none of a class: no comparison.
     few = fid_table(
-        ["rare", "common"], test, pool, synthetic, untrained[-12:], {"classifier": extractor},
-        32, 0,
+        ["rare", "common"], test, {"classifier": pool}, synthetic, untrained[-12:],
+        {"classifier": extractor}, 32, 0,
     )  # fmt: skip
     assert few[0].untrained is None  # no untrained image drawn to the test mix
     assert few[2].untrained.ratio is None and few[2].untrained.note == (
         f"not compared: 12 images, below the minimum of {FID_MIN_N}"
     )
+
+
+def test_stratified_sizes_keep_each_class_mix_and_fit_the_pool():
+    # One class: the matched-size rule.
+    assert stratified_sizes({1: 20}, {1: 652}, {1: 80}) == ({1: 20}, {1: 60})
+    # Several that fit: unchanged.
+    assert stratified_sizes({0: 20, 1: 230}, {0: 12, 1: 148}, {0: 32, 1: 400}) == (
+        {0: 20, 1: 230}, {0: 12, 1: 148},
+    )  # fmt: skip
+    # One class short: both sides of every class shrink by one factor (189 / 378).
+    real, synthetic = stratified_sizes({0: 20, 1: 230}, {0: 12, 1: 148}, {0: 40, 1: 189})
+    assert real == {0: 10, 1: 115} and synthetic == {0: 6, 1: 74}
+
+
+def test_the_all_classes_floor_is_drawn_at_random_with_the_figures_class_counts(extractor):
+    """A pool sorted by class (as real images are, by split and id) must not split by class:
+    the floor of two samples of the same mix is small beside the distance between classes."""
+    bright, dark = _images("b-", 60, 0, 200, 11), _images("d-", 60, 1, 40, 12)
+    test = bright[:20] + dark[:20]
+    synthetic = _images("sb-", 20, 0, 200, 13) + _images("sd-", 20, 1, 40, 14)
+    [overall, *_] = fid_table(
+        ["bright", "dark"], test, {"classifier": bright + dark}, synthetic, [],
+        {"classifier": extractor}, 32, 0,
+    )  # fmt: skip
+    between = fid_kid(
+        image_features(_tensor(bright[20:60]), extractor),
+        image_features(_tensor(dark[20:60]), extractor),
+    ).fid
+    assert overall.floor_n == (40, 40) and overall.floor < 0.1 * between
+
+
+def _tensor(items: list[LabelledImage]) -> torch.Tensor:
+    pixels = np.stack([np.array(Image.open(io.BytesIO(i.source))) for i in items])
+    return torch.from_numpy(pixels).float().div(255)[:, None]

@@ -111,10 +111,13 @@ def result() -> EvalResult:
         fid_min_n=20,
         label_fidelity=LabelFidelity({"opacity": 0.899}, {"opacity": 0.729}, 0.724),
         memorisation=MemorisationReport(
-            "the images the LoRA trained on",
-            0.95,
-            np.array([0.2, 0.5, 0.97]),
-            ((synthetic[0], test[0], 0.97),),
+            reference="the images the LoRA trained on",
+            threshold=0.95,
+            n_flagged=1,
+            max_similarity=0.97,
+            median_similarity=0.5,
+            similarities=np.array([0.2, 0.5, 0.97]),
+            pairs=((synthetic[0], test[0], 0.97),),
         ),
         ground_truth=None,
         real_counts=real_counts,
@@ -188,6 +191,13 @@ def test_the_untrained_check_says_what_it_is_and_whether_it_passed(result):
     assert "ratio 0.800, failed (it passes at ≤ 0.5)." in unescape(report_markdown(worse)).replace(
         "\\", ""
     )
+    # An overall row too small to compare does not hide a class that was compared.
+    skipped = replace(result.fid[0].untrained, ratio=None, passed=None, note="not compared")
+    class_row = replace(result.fid[0], label="normal")
+    hidden = replace(result, fid=(replace(result.fid[0], untrained=skipped), class_row))
+    assert [c["class"] for c in metrics_json(hidden)["untrained_baseline"]["comparisons"]] == [
+        "normal"
+    ]
     # Without an overall row, each class with a comparison is checked.
     per_class = replace(result, fid=(replace(result.fid[0], label="normal"),))
     [check] = metrics_json(per_class)["untrained_baseline"]["comparisons"]

@@ -128,4 +128,33 @@ def test_no_synthetic_arm_means_no_verdict_and_a_saturated_real_arm_is_said():
     assert _judge({REAL: (1.0, 1)}) == ()
     [verdict] = _judge({REAL: (9.0, 1), FULL: (9.0, 2), CONTROL: (9.0, 3)})
     assert verdict.real_auc >= 0.999
-    assert verdict.sentence.endswith("so no arm can show a gain.")
+    assert verdict.sentence.endswith(
+        f"scores AUC {verdict.real_auc:.3f} here, so no arm can show a gain."
+    )
+
+
+def test_a_class_with_no_real_train_images_has_no_control_comparison():
+    [verdict] = _judge(
+        {REAL: (0.5, 1), FULL: (1.5, 2), CONTROL: (0.5, 1)},
+        real_counts={"normal": 600, "opacity": 0},
+    )
+    assert verdict.vs_control is None and verdict.control_vs_real is None
+    assert verdict.sentence.startswith(
+        "No count-matched control could be built for opacity (no real train images to "
+        "duplicate), so only the comparison with real data stands: synthetic opacity images added"
+    )
+
+
+def test_a_comparison_without_a_ci_says_it_could_not_be_computed():
+    from eval.results import Comparison
+    from eval.verdict import sentence
+
+    unknown = Comparison("matches_control", None, (None, None))
+    known = Comparison("helps", 0.2, (0.1, 0.3))
+    text = sentence("opacity", unknown, known, None, 0.7)
+    assert text.startswith(
+        "The comparison of synthetic opacity images with the count-matched control could not "
+        "be computed"
+    )
+    assert text.endswith("they added +0.200 (+0.100 to +0.300).")
+    assert "did no better" not in text

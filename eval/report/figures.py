@@ -84,9 +84,9 @@ def fraction_figure(result: EvalResult) -> bytes:
         if a.name == REAL or a.synthetic_fraction
     )
     xs = [x for x, _ in points]
-    ys = [a.auc_macro_mean or np.nan for _, a in points]
-    lows = [a.auc_macro_ci95[0] or np.nan for _, a in points]
-    highs = [a.auc_macro_ci95[1] or np.nan for _, a in points]
+    ys = [_or_nan(a.auc_macro_mean) for _, a in points]
+    lows = [_or_nan(a.auc_macro_ci95[0]) for _, a in points]
+    highs = [_or_nan(a.auc_macro_ci95[1]) for _, a in points]
     axis.errorbar(
         xs,
         ys,
@@ -96,7 +96,7 @@ def fraction_figure(result: EvalResult) -> bytes:
         label="real + synthetic",
     )
     control = next((a for a in result.arms if a.is_control), None)
-    if control:
+    if control and control.auc_macro_mean is not None and None not in control.auc_macro_ci95:
         axis.axhline(
             control.auc_macro_mean,
             color="#d62728",
@@ -121,6 +121,10 @@ def memorisation_figure(result: EvalResult) -> bytes:
     axis.set_ylabel("synthetic images")
     axis.legend(fontsize=8)
     return _png(figure)
+
+
+def _or_nan(value: float | None) -> float:
+    return np.nan if value is None else value
 
 
 def _png(figure) -> bytes:

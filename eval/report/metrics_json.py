@@ -1,8 +1,12 @@
 """metrics.json (a contract that external checks read) and predictions.parquet.
 
-metrics.json keeps every key of earlier releases except the old `verdict` strings, which
-`verdicts` replaces. `label_fidelity` is the primary share (at the validation threshold), the
-same as `label_fidelity_at_val_threshold`; `label_fidelity_argmax` is the secondary one.
+The contract's keys stay: arms[*].name/repeats/auc_macro_mean/auc_macro_std/per_class/
+delta_vs_real, fid[*].class/extractor/value/kid/n_real/n_synthetic/floor, label_fidelity,
+memorization, config, versions. Changed in this release: `verdicts` replaces the `verdict`
+strings; `label_fidelity` is now the primary share (at the validation threshold, the same as
+`label_fidelity_at_val_threshold`; the argmax share moved to `label_fidelity_argmax`); a FID
+row's untrained comparison moved under `untrained`, and `untrained_baseline` says `pass_ratio`
+and `passed` where it said `bar` and `met`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
+from eval.report.tables import untrained_rows
 from eval.results import JSON_NAME, EvalResult
 
 
@@ -35,8 +40,8 @@ def metrics_json(result: EvalResult) -> dict:
             "reference": memo.reference if memo else "",
             "threshold": memo.threshold if memo else None,
             "n_flagged": memo.n_flagged if memo else 0,
-            "max_similarity": float(memo.similarities.max()) if memo else None,
-            "median_similarity": float(np.median(memo.similarities)) if memo else None,
+            "max_similarity": memo.max_similarity if memo else None,
+            "median_similarity": memo.median_similarity if memo else None,
         },
         "counts": {
             "real_train": as_json(result.real_counts),
@@ -52,11 +57,9 @@ def metrics_json(result: EvalResult) -> dict:
 def untrained_baseline(result: EvalResult) -> dict | None:
     """The check that the generator beats random weights: overall, or per class where there is
     no overall row; None when no baseline was rendered."""
-    compared = [r for r in result.fid if r.untrained is not None]
-    overall = [r for r in compared if r.label == "all"]
     comparisons = [
         {"class": r.label, "extractor": r.extractor} | as_json(r.untrained)
-        for r in overall or compared
+        for r in untrained_rows(result)
     ]
     if not comparisons:
         return None

@@ -4,10 +4,9 @@ Markdown pages. Only formatting: every figure comes from the EvalResult as it is
 
 from __future__ import annotations
 
-import numpy as np
-
 from eval.arms import REAL
-from eval.results import EvalResult, FidRow
+from eval.formatting import fixed, interval, signed
+from eval.results import CI, EvalResult, FidRow
 
 Table = tuple[list[str], list[list]]
 
@@ -40,10 +39,8 @@ def verdict_table(result: EvalResult) -> Table:
 def untrained_sentences(result: EvalResult) -> list[str]:
     """The check that the generator beats random weights: overall, or per class where there is
     no overall figure (a class without synthetic images leaves none)."""
-    compared = [r for r in result.fid if r.untrained is not None]
-    overall = [r for r in compared if r.label == "all"]
     sentences = []
-    for row in overall or compared:
+    for row in untrained_rows(result):
         check = row.untrained
         scope = "" if row.label == "all" else f", class {row.label}"
         if check.ratio is None:
@@ -54,12 +51,21 @@ def untrained_sentences(result: EvalResult) -> list[str]:
             continue
         sentences.append(
             f"Check that the generator beats random weights ({row.extractor} features{scope}): "
-            f"synthetic FID {_f(check.synthetic_fid)} against {_f(check.untrained_fid)} for the "
+            f"synthetic FID {fixed(check.synthetic_fid)} against {fixed(check.untrained_fid)} for the "
             f"same model with random weights, {check.compared_n} images each; ratio "
-            f"{_f(check.ratio)}, {'passed' if check.passed else 'failed'} (it passes at ≤ "
+            f"{fixed(check.ratio)}, {'passed' if check.passed else 'failed'} (it passes at ≤ "
             f"{check.pass_ratio})."
         )
     return sentences
+
+
+def untrained_rows(result: EvalResult) -> list[FidRow]:
+    """The rows whose check is reported: the overall one where it has a figure, else every
+    class's that has one, else (to say why not) every row that was checked."""
+    checked = [r for r in result.fid if r.untrained is not None]
+    measured = [r for r in checked if r.untrained.ratio is not None]
+    overall = [r for r in measured if r.label == "all"]
+    return overall or measured or checked
 
 
 def distribution_table(result: EvalResult) -> Table:
@@ -80,15 +86,15 @@ def arm_table(result: EvalResult) -> Table:
         row = [
             arm.name + (" (control)" if arm.is_control else ""),
             arm.train_images + arm.pretrain_images,
-            f"{_f(arm.auc_macro_mean)} ± {_f(arm.auc_macro_std)}",
-            f"{_f(arm.auc_macro_ci95[0])}–{_f(arm.auc_macro_ci95[1])}",
+            f"{fixed(arm.auc_macro_mean)} ± {fixed(arm.auc_macro_std)}",
+            f"{fixed(arm.auc_macro_ci95[0])}–{fixed(arm.auc_macro_ci95[1])}",
             "—" if arm.name == REAL else _delta(arm.delta_vs_real.mean, arm.delta_vs_real.ci95),
         ]
         for c in result.classes:
             stats = arm.per_class[c]
             row += [
-                f"{_f(stats.auc_mean)} ± {_f(stats.auc_std)}",
-                f"{_f(stats.sensitivity)}/{_f(stats.specificity)}",
+                f"{fixed(stats.auc_mean)} ± {fixed(stats.auc_std)}",
+                f"{fixed(stats.sensitivity)}/{fixed(stats.specificity)}",
             ]
         rows.append(row)
     return header, rows
@@ -100,10 +106,11 @@ def fid_explanation(result: EvalResult) -> str:
         "distance between two disjoint sets of real images of exactly the same two sizes, which "
         "is what sampling alone gives at that n. A row with fewer than "
         f"{result.fid_min_n} images a side shows no figure. KID is the mean over random subsets "
-        "± its spread over them. FID has no confidence interval: resampling the synthetic set "
-        "with replacement duplicates images, which raises FID by an amount that depends on n "
-        "and on the feature dimension, so a bootstrap interval would not bracket the figure; "
-        "read FID against its floor. Precision and density (fidelity), recall and coverage "
+        "of up to 50 images a side ± its spread over them (no spread when both sets are whole "
+        "subsets). Neither FID nor KID gets a bootstrap interval: resampling the synthetic set "
+        "with replacement duplicates images, which raises both by an amount that depends on n "
+        "and on the feature dimension, so the interval would not bracket the figure; read each "
+        "against its floor. Precision and density (fidelity), recall and coverage "
         "(diversity) use k = 5 nearest neighbours on the same features; each is about 1 for two "
         "samples of one distribution."
     )
@@ -114,12 +121,18 @@ def fid_table(result: EvalResult) -> Table:
               "KID ± spread", "floor KID", "precision", "recall", "density", "coverage",
               "note"]  # fmt: skip
     rows = [
-        [r.label, r.extractor, r.n_real, r.n_synthetic, _f(r.value), _f(r.floor),
-         "—" if r.kid is None else f"{r.kid:.4f} ± {r.kid_std:.4f}", _f(r.floor_kid, 4),
-         _f(r.precision), _f(r.recall), _f(r.density), _f(r.coverage), r.note or ""]
+        [r.label, r.extractor, r.n_real, r.n_synthetic, fixed(r.value), fixed(r.floor),
+         _kid(r), fixed(r.floor_kid, 4),
+         fixed(r.precision), fixed(r.recall), fixed(r.density), fixed(r.coverage), r.note or ""]
         for r in result.fid
     ]  # fmt: skip
     return header, rows
+
+
+def _kid(row: FidRow) -> str:
+    if row.kid is None:
+        return "—"
+    return f"{row.kid:.4f}" + ("" if row.kid_std is None else f" ± {row.kid_std:.4f}")
 
 
 def untrained_table(result: EvalResult) -> Table | None:
@@ -135,15 +148,15 @@ def untrained_table(result: EvalResult) -> Table | None:
 def _untrained_row(row: FidRow) -> list:
     check = row.untrained
     passed = "—" if check.passed is None else ("yes" if check.passed else "no")
-    return [row.label, row.extractor, check.compared_n, _f(check.synthetic_fid),
-            _f(check.untrained_fid), _f(check.ratio), passed]  # fmt: skip
+    return [row.label, row.extractor, check.compared_n, fixed(check.synthetic_fid),
+            fixed(check.untrained_fid), fixed(check.ratio), passed]  # fmt: skip
 
 
 def fidelity_note(result: EvalResult) -> str:
     judge = result.label_fidelity.judge_auc if result.label_fidelity else None
     return (
         "The share of each class's synthetic images that the judge, a classifier trained on "
-        f"real data only (macro AUC {_f(judge)} on the real test split), assigns to that class. "
+        f"real data only (macro AUC {fixed(judge)} on the real test split), assigns to that class. "
         "The primary figure is at the operating point chosen on real validation data (Youden's "
         "J), which does not depend on how the judge's scores are calibrated; the argmax share is "
         "secondary, biased toward the class the judge saw most. Either is only as good as the "
@@ -154,7 +167,7 @@ def fidelity_note(result: EvalResult) -> str:
 def fidelity_table(result: EvalResult) -> Table:
     fidelity = result.label_fidelity
     rows = [
-        [c, _f(share), _f(fidelity.argmax.get(c))]
+        [c, fixed(share), fixed(fidelity.argmax.get(c))]
         for c, share in (fidelity.at_val_threshold.items() if fidelity else ())
     ]
     return ["class", "at validation threshold (primary)", "by highest score (argmax)"], rows
@@ -176,11 +189,11 @@ def ground_truth_note(result: EvalResult) -> str:
 def ground_truth_table(result: EvalResult) -> Table:
     by = result.ground_truth.by
     header = ["arm"] + [
-        f"{name} {_f(b.low)}–{_f(b.high)} (n={b.n})" for name in by for b in by[name].bins
+        f"{name} {fixed(b.low)}–{fixed(b.high)} (n={b.n})" for name in by for b in by[name].bins
     ]
     rows = [
         [arm.name + (" (control)" if arm.is_control else "")]
-        + [_f(s) for name in by for s in by[name].sensitivity[arm.name]]
+        + [fixed(s) for name in by for s in by[name].sensitivity[arm.name]]
         for arm in result.arms
     ]
     return header, rows
@@ -190,8 +203,8 @@ def memorisation_sentence(result: EvalResult) -> str:
     memo = result.memorisation
     return (
         f"{memo.n_flagged} synthetic image(s) at cosine similarity ≥ {memo.threshold} (centred "
-        f"classifier features) to {memo.reference}; the highest is "
-        f"{memo.similarities.max():.3f}, the median {float(np.median(memo.similarities)):.3f}."
+        f"classifier features) to {memo.reference}; the highest is {memo.max_similarity:.3f}, "
+        f"the median {memo.median_similarity:.3f}."
     )
 
 
@@ -208,13 +221,5 @@ def closing_line(result: EvalResult) -> str:
     )
 
 
-def _delta(mean: float | None, ci95: tuple[float | None, float | None]) -> str:
-    return f"{_signed(mean)} ({_signed(ci95[0])} to {_signed(ci95[1])})"
-
-
-def _f(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _signed(value) -> str:
-    return "—" if value is None else f"{value:+.3f}"
+def _delta(mean: float | None, ci95: CI) -> str:
+    return f"{signed(mean)} ({interval(ci95)})"
