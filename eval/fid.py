@@ -140,6 +140,8 @@ def fid_kid(real: np.ndarray, synthetic: np.ndarray) -> Distance:
 
 def manifold(real: np.ndarray, synthetic: np.ndarray, k: int = PRDC_K) -> Manifold:
     """Precision, recall, density and coverage with k nearest neighbours (prdc)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+    # prdc prints the set sizes, and its n_jobs makes sklearn warn about joblib config.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`sklearn.utils.parallel.delayed` should be used")
         figures = compute_prdc(real.astype(np.float32), synthetic.astype(np.float32), k)
     return Manifold(**{name: float(value) for name, value in figures.items()})

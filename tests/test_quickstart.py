@@ -41,8 +41,8 @@ def test_a_reduced_quickstart_runs_the_whole_mission(tmp_path: Path, capsys):
     data["generator"].update(model=str(shipped / "small-sdxl-phantom"), steps=4)
     data["classes"]["opacity"]["lora"]["path"] = str(shipped / "lora-opacity")
     data["output"]["dir"] = "out"
-    # 64 untrained images: about 30 once drawn to the test split's class mix, above the
-    # minimum n, so the check against random weights has a figure.
+    # 64 untrained images, so that the check against random weights has a figure for at least
+    # one row at the minimum n.
     data["eval"].update(epochs=1, image_size=32, bootstrap=50, untrained_baseline=64)
     assert main(["run", str(write_spec(tmp_path, data))]) == 0
     printed = capsys.readouterr().out
@@ -59,6 +59,6 @@ def test_a_reduced_quickstart_runs_the_whole_mission(tmp_path: Path, capsys):
     # No figure from fewer than the minimum n, anywhere.
     for row in metrics["fid"]:
         assert (row["value"] is None) == (min(row["n_real"], row["n_synthetic"]) < 20)
-    [check] = metrics["untrained_baseline"]["comparisons"]
-    assert check["class"] == "all" and check["compared_n"] >= 20 and check["untrained_fid"] > 0
+    checks = metrics["untrained_baseline"]["comparisons"]
+    assert checks and all(c["compared_n"] >= 20 and c["untrained_fid"] > 0 for c in checks)
     assert report.stat().st_size > 10_000
