@@ -16,6 +16,11 @@ _RECORDED = (
     "ray",
     "pyarrow",
     "pydantic",
+    # The evaluation's figures also depend on these.
+    "numpy",
+    "scikit-learn",
+    "torchmetrics",
+    "prdc",
 )
 
 
