@@ -93,16 +93,14 @@ def test_fid_rows_share_one_n_with_their_floor_and_stay_empty_below_the_minimum(
     pool = test + _images("p0-", 22, 0, 150, 3) + _images("p1-", 90, 1, 90, 4)
     synthetic = _images("s0-", 70, 0, 140, 5) + _images("s1-", 30, 1, 95, 6)
     untrained = _images("u0-", 10, 0, 128, 7) + _images("u1-", 40, 1, 128, 8)
-    rows = fid_table(
-        ["rare", "common"],
-        test,
-        {"classifier": pool},
-        synthetic,
-        untrained,
-        {"classifier": extractor},
-        32,
-        0,
-    )
+
+    def table(baseline: list[LabelledImage]):
+        return fid_table(
+            ["rare", "common"], test, {"classifier": pool}, synthetic, baseline,
+            {"classifier": extractor}, 32, 0,
+        )  # fmt: skip
+
+    rows = table(untrained)
     by_class = {row.label: row for row in rows}
     assert [row.label for row in rows] == [ALL, "rare", "common"]
 
@@ -128,22 +126,10 @@ def test_fid_rows_share_one_n_with_their_floor_and_stay_empty_below_the_minimum(
         check.synthetic_fid / check.untrained_fid, rel=1e-4
     )
     # Deterministic: the same draws and figures again.
-    again = fid_table(
-        ["rare", "common"],
-        test,
-        {"classifier": pool},
-        synthetic,
-        untrained,
-        {"classifier": extractor},
-        32,
-        0,
-    )
+    again = table(untrained)
     assert again == rows
     # 12 untrained images: too few to compare, said so; none of a class: no comparison.
-    few = fid_table(
-        ["rare", "common"], test, {"classifier": pool}, synthetic, untrained[-12:],
-        {"classifier": extractor}, 32, 0,
-    )  # fmt: skip
+    few = table(untrained[-12:])
     assert few[0].untrained is None  # no untrained image drawn to the test mix
     assert few[2].untrained.ratio is None and few[2].untrained.note == (
         f"not compared: 12 images, below the minimum of {FID_MIN_N}"
