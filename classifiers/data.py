@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +39,60 @@ class LabelledImage:
     label: int
 
 
+# The largest image read, in pixels: 8192 x 8192, twice the side of the largest chest
+# radiographs (about 4,300 px). Larger files are refused before decoding: a small file can
+# claim a huge size and take all memory (a "decompression bomb").
+MAX_IMAGE_PIXELS = 8192 * 8192
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+class UnreadableImageError(ValueError):
+    """An image that cannot be read into gray pixels; the message says why."""
+
+
 def load_gray(source: Path | bytes) -> Image.Image:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+    """8-bit gray from any image Pillow reads, the one reader for real images. 16-bit and float
+    images (many radiographs) are stretched from their own minimum to maximum, since clipping
+    them to 8 bits turns most pixels white; alpha is dropped; palette, RGB and CMYK images are
+    converted by luminance."""
+    with _open(source) as image:
+        image.load()
+        if image.mode in _SIXTEEN_BIT_MODES:
+            pixels = np.asarray(image, dtype=np.float64)
+            low = pixels.min()
+            span = pixels.max() - low or 1.0
+            return Image.fromarray(((pixels - low) / span * 255).round().astype(np.uint8))
         return image.convert("L")
+
+
+def check_image(source: Path | bytes) -> None:
+    """Raise OSError or UnreadableImageError if the image cannot be read, without decoding
+    its pixels: its header, structure and size."""
+    with _open(source) as image:
+        image.verify()
+
+
+def _open(source: Path | bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():  # Pillow's bomb warning: refused below, with a reason
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as err:  # Pillow refuses before we can look
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "too many pixels"
+        raise UnreadableImageError(f"{size}, larger than the {_limit()} synth reads") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise UnreadableImageError(
+            f"{width}x{height} pixels, larger than the {_limit()} synth reads"
+        )
+    return image
+
+
+def _limit() -> str:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    return f"{side}x{side} ({MAX_IMAGE_PIXELS / 1e6:.0f} M pixels)"
 
 
 def load_square(source: Path | bytes, side: int) -> np.ndarray:

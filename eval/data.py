@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image
 
-from classifiers.data import LabelledImage
+from classifiers.data import LabelledImage, check_image
 from eval.arms import LeakageError, image_identities
 from synth.errors import SourceError, SynthError
 from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
@@ -49,8 +48,7 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
     for split, images in _real_images_by_split(spec).items():
         for image in images:
             try:
-                with Image.open(image.path) as opened:
-                    opened.verify()
+                check_image(image.path)
             except (OSError, ValueError, SyntaxError) as err:
                 if spec.eval.unreadable_images == "error":
                     raise SourceError(

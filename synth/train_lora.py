@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from classifiers.data import load_gray
 from synth.errors import SourceError
 from synth.generate.pipeline import (
     LORA_WEIGHT_NAME,
@@ -311,10 +312,12 @@ def _cache_inputs(pipeline, rows: list[TrainingRow], config: LoraTraining, devic
     vae = pipeline.vae
     for row in rows:
         try:
-            with Image.open(row.path) as image:
-                pixels = image.convert("RGB").resize(
-                    (config.resolution,) * 2, Image.Resampling.LANCZOS
-                )
+            # The one real-image reader (16-bit stretched, not clipped), then SDXL's RGB.
+            pixels = (
+                load_gray(row.path)
+                .convert("RGB")
+                .resize((config.resolution,) * 2, Image.Resampling.LANCZOS)
+            )
         except (OSError, ValueError) as err:
             raise SourceError(f"{row.path}: cannot read a training image ({err})") from None
         tensor = torch.from_numpy(_as_array(pixels)).permute(2, 0, 1)[None] / 127.5 - 1.0

@@ -60,3 +60,39 @@ def test_unaugmented_input_is_the_centre_square_scaled_to_minus_one_to_one(tmp_p
     assert square.shape == (16, 16) and (square == 200).all()
     scaled = to_model_input(torch.from_numpy(square)[None, None])
     assert torch.allclose(scaled, torch.full_like(scaled, 200 / 127.5 - 1))
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [("L", "png"), ("I;16", "png"), ("RGB", "png"), ("RGBA", "png"), ("P", "png"),
+     ("CMYK", "jpg")],
+)  # fmt: skip
+def test_the_reader_gives_the_same_gray_ramp_from_every_format(tmp_path, mode, suffix):
+    from classifiers.data import load_gray
+    from tests.image_files import RAMP, write_in_mode
+
+    path = write_in_mode(tmp_path / f"ramp.{suffix}", mode)
+    gray = np.asarray(load_gray(path), dtype=float)
+    assert gray.shape == RAMP.shape
+    # 16-bit is stretched over its own range, not clipped: no more white than the ramp has.
+    assert (gray == 255).mean() < 0.05
+    tolerance = 8 if suffix == "jpg" else 1.5  # JPEG is lossy
+    assert np.abs(gray - RAMP * 255).max() <= tolerance
+    # The centre square the classifiers read comes through the same reader: rows 5..34.
+    square = load_square(path, 16).astype(float)
+    assert abs(square.min() - 37) <= tolerance + 2 and abs(square.max() - 218) <= tolerance + 2
+
+
+def test_an_oversized_image_is_refused_before_decoding_with_its_size(tmp_path):
+    from classifiers.data import UnreadableImageError, check_image, load_gray
+    from tests.image_files import write_oversized_png
+
+    bomb = write_oversized_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 200
+    for read in (check_image, load_gray):
+        with pytest.raises(UnreadableImageError, match="400,000,000 pixels, larger than the 8192"):
+            read(bomb)
+    # Larger than synth's limit, but below Pillow's own: the same refusal, naming the size.
+    wide = write_oversized_png(tmp_path / "wide.png", 9000, 9000)
+    with pytest.raises(UnreadableImageError, match="9000x9000 pixels, larger than the 8192x8192"):
+        check_image(wide)

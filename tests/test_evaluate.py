@@ -20,6 +20,7 @@ from eval.report.metrics_json import as_json
 from synth.shards import ImageRecord, encode_image, records_to_table, write_shard
 from synth.spec import load_spec
 from tests.conftest import base_spec, write_spec
+from tests.image_files import write_oversized_png
 
 pytestmark = pytest.mark.slow
 # Hostile prompt text, which the report must show as text (tests/test_report.py checks a
@@ -275,6 +276,11 @@ def test_an_unreadable_real_image_is_skipped_and_counted_or_an_error(evaluated, 
             update={"eval": spec.eval.model_copy(update={"unreadable_images": "error"})}
         )
         with pytest.raises(SourceError, match="train-normal-0.png: unreadable real image"):
+            load_eval_data(strict, folder / "run")
+        # A 20000 x 20000 image: unreadable under the same setting, with the reason.
+        write_oversized_png(broken)
+        assert load_eval_data(spec, folder / "run").unreadable == 1
+        with pytest.raises(SourceError, match=r"400,000,000 pixels, larger than the 8192x8192"):
             load_eval_data(strict, folder / "run")
     finally:
         broken.write_bytes(original)

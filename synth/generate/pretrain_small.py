@@ -25,6 +25,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm import tqdm
 
+from classifiers.data import load_gray
 from synth.errors import SourceError
 from synth.generate.pipeline import quiet_libraries
 from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl
@@ -122,8 +123,7 @@ def _load_pixels(paths: list[Path], size: int) -> torch.Tensor:
     arrays = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+            grey = load_gray(path).resize((size, size), Image.Resampling.BILINEAR)
         except (OSError, ValueError) as err:
             raise SourceError(f"{path}: cannot read a pretraining image ({err})") from None
         arrays.append(np.asarray(grey, dtype=np.float32))

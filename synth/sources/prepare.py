@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from classifiers.data import load_gray
 from synth.errors import SourceError
 from synth.shards import output_errors, write_text_atomic
 from synth.sources.iu_xray import IURecord, IUSource, load_iu_source
@@ -70,9 +70,7 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
 
 def preprocess_image(path: Path, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """One channel, the crop box above, resized to size x size."""
-    with Image.open(path) as image:
-        image.load()
-        gray = _to_gray(image)
+    gray = load_gray(path)
     box = crop_box(*gray.size)
     return gray.crop(box).resize((size, size), Image.Resampling.LANCZOS), box
 
@@ -192,12 +190,3 @@ def _manifest_row(record: IURecord, box, count_tokens: Callable[[str], int]) -> 
         "split": record.split,
         "crop": list(box),
     }
-
-
-def _to_gray(image: Image.Image) -> Image.Image:
-    """One 8-bit channel from any PNG mode, 16-bit ones included."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        span = pixels.max() - pixels.min() or 1.0
-        return Image.fromarray(((pixels - pixels.min()) / span * 255).round().astype(np.uint8))
-    return image.convert("L")
