@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
 from synth.errors import PlanError
@@ -19,10 +20,6 @@ from synth.spec import FROM_SOURCE, MAX_SEED, Spec
 
 if TYPE_CHECKING:
     from synth.sources import RealCounts
-
-# Allows for float error in p·N (0.15 * 10 is 1.4999999999999998) before rounding half up.
-_ROUNDING_SLACK = 1e-9
-
 
 @dataclass(frozen=True)
 class ClassPlan:
@@ -63,7 +60,7 @@ class Plan:
 
     @property
     def num_shards(self) -> int:
-        return math.ceil(self.total_synthetic / self.shard_size)
+        return -(-self.total_synthetic // self.shard_size)  # integers: exact past 2**53
 
     def samples_in_shard(self, shard: int) -> list[PlannedSample]:
         """The samples of one shard, in order."""
@@ -182,7 +179,7 @@ def plan_counts(
     n_total = smallest_total(labels, real, distribution) if total == "auto" else total
     result = {}
     for label in labels:
-        target = _round_half_up(distribution[label] * n_total)
+        target = _round_half_up(_exact(distribution[label]) * n_total)
         if target < real[label]:
             needed = smallest_total(labels, real, distribution)
             raise PlanError(
@@ -199,17 +196,18 @@ def smallest_total(
 ) -> int:
     """The smallest N at which round(p_c·N) ≥ real_c for every class."""
     lower_bound = max(1, sum(real[label] for label in labels))
+    shares = {label: _exact(distribution[label]) for label in labels}
     for label in labels:
-        share, have = distribution[label], real[label]
+        share, have = shares[label], real[label]
         if share == 0 and have > 0:
             raise PlanError(
                 f"class '{label}' has {have} real images but target.distribution gives it 0; "
                 "give it a proportion above 0, or use target.synthetic"
             )
         if share > 0:
-            lower_bound = max(lower_bound, math.ceil((have - 0.5) / share))
+            lower_bound = max(lower_bound, math.ceil((have - Fraction(1, 2)) / share))
     n_total = lower_bound
-    while any(_round_half_up(distribution[lb] * n_total) < real[lb] for lb in labels):
+    while any(_round_half_up(shares[lb] * n_total) < real[lb] for lb in labels):
         n_total += 1
     return n_total
 
@@ -265,5 +263,12 @@ def _hash_to_seed(text: str) -> int:
     return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
-def _round_half_up(value: float) -> int:
-    return math.floor(value + 0.5 + _ROUNDING_SLACK)
+def _exact(proportion: float) -> Fraction:
+    """A proportion as the decimal the user wrote (0.15 is 3/20, not the float just below it),
+    so that p·N rounds exactly and stays an integer at any N: floats lose counts past 2**53
+    and overflow past 1e308."""
+    return Fraction(repr(float(proportion)))
+
+
+def _round_half_up(value: Fraction) -> int:
+    return math.floor(value + Fraction(1, 2))

@@ -410,10 +410,77 @@ def parse_spec(text: str, source_name: str = "<spec>") -> Spec:
     return validate_yaml(text, Spec, source_name)
 
 
+# YAML aliases can make a small file expand to an enormous value (an "alias bomb"); no spec
+# needs more than this many values once every alias is expanded.
+MAX_YAML_VALUES = 100_000
+MAX_QUOTED_CHARS = 200  # the longest piece of the user's input an error message repeats
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (YAML keeps the last one silently) and refuses
+    documents whose aliases expand past MAX_YAML_VALUES values."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, str] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            mark = key_node.start_mark
+            where = f"{mark.line + 1}:{mark.column + 1}"
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise SpecError(
+                    f"{self.name}:{where}: duplicate key '{_quoted(key)}' (first at "
+                    f"{seen[key]}); YAML would keep only the last one, so remove one of them"
+                )
+            seen.setdefault(key, where)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values the node stands for once every alias is expanded (aliases share node
+    objects, so each node is sized once)."""
+    if id(node) not in memo:
+        memo[id(node)] = 0  # a cycle counts once
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        memo[id(node)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(node)]
+
+
+def _load_yaml(text: str, source_name: str) -> Any:
+    loader = _SpecLoader(text)
+    loader.name = source_name
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise SpecError(
+                f"{source_name}: its YAML aliases expand to {size:,} values, more than the "
+                f"{MAX_YAML_VALUES:,} any spec needs; write the values out instead of nesting "
+                "aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _quoted(value: Any) -> str:
+    """The user's input as an error message repeats it: at most MAX_QUOTED_CHARS of it."""
+    text = repr(value) if not isinstance(value, str) else value
+    if len(text) <= MAX_QUOTED_CHARS:
+        return text
+    return f"{text[:MAX_QUOTED_CHARS]}... ({len(text):,} characters)"
+
+
 def validate_yaml(text: str, model: type[M], source_name: str) -> M:
     """safe_load YAML text and validate it as `model`, with messages naming file, line, key."""
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text, source_name)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{source_name}:{mark.line + 1}:{mark.column + 1}" if mark else source_name
@@ -525,7 +592,7 @@ def _describe_validation_error(
             message = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
             key_path = key_path if yaml_path else "spec"
         else:
-            message = f"{item['msg']} (got {item.get('input')!r})"
+            message = f"{item['msg']} (got {_quoted(repr(item.get('input')))})"
         problems.setdefault(f"{where}: {key_path}", []).append(message)
     # A value that fits no member of a union ("a list of prompts or from_source") gives one
     # message per member; they read best joined.
@@ -540,8 +607,8 @@ def _yaml_path(loc: tuple[Any, ...], model: type[BaseModel]) -> tuple[Any, ...]:
     path: list[Any] = []
     node: Any = model
     for part in loc:
-        if isinstance(part, str) and "[" in part:
-            continue  # pydantic's name for a union member, e.g. "list[constrained-str]"
+        if isinstance(part, str) and ("[" in part or part.startswith("constrained-")):
+            continue  # pydantic's union member names: "list[constrained-str]", "constrained-int"
         child = _child_type(node, part)
         if child is _UNION_TAG:
             node = _union_member(node, part)

@@ -120,3 +120,20 @@ def test_the_columnar_and_id_views_of_a_shard_agree_with_its_samples():
         assert plan.shard_length(shard) == len(samples)
     with pytest.raises(IndexError):
         plan.sample_ids_in_shard(3)
+
+
+def test_counts_and_shards_stay_exact_integers_past_float_precision():
+    # 2**53 + 1 images in shards of 2: float division would give one shard too few.
+    plan = _plan(opacity=2**53 + 1, normal=0, shard_size=2)
+    assert plan.num_shards == 2**52 + 1
+    assert plan.shard_length(plan.num_shards - 1) == 1
+    # A total far past what a float holds (1e308) plans without overflow, exactly.
+    counts = plan_counts(LABELS, {"opacity": 3, "normal": 7}, {"opacity": 0.5, "normal": 0.5},
+                         total=10**400)  # fmt: skip
+    assert counts["opacity"] == (3, 5 * 10**399, 5 * 10**399 - 3)
+    # A tiny proportion: the auto total is an exact (enormous) integer, not an overflow.
+    tiny = smallest_total(LABELS, {"opacity": 20, "normal": 60}, {"opacity": 1e-320, "normal": 1.0})
+    assert tiny == 195 * 10**319
+    # What the user wrote decides the rounding: 0.15 of 10 is 1.5, so 2 (half up).
+    assert plan_counts(LABELS, {"opacity": 0, "normal": 0}, {"opacity": 0.15, "normal": 0.85},
+                       total=10)["opacity"][1] == 2  # fmt: skip

@@ -158,3 +158,40 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path):
 def test_missing_spec_file():
     with pytest.raises(SpecError, match="file not found"):
         load_spec("/no/such/spec.yaml")
+
+
+def test_duplicate_keys_are_refused_with_the_line_of_each():
+    text = "name: t\nseed: 1\nname: u\n"
+    with pytest.raises(SpecError, match=r"<spec>:3:1: duplicate key 'name' \(first at 1:1\)"):
+        parse_spec(text)
+    counts = "source: {kind: counts, counts: {opacity: 20, normal: 60, opacity: 5}}\n"
+    with pytest.raises(SpecError, match=r"duplicate key 'opacity' \(first at 1:33\)"):
+        parse_spec(counts)
+
+
+def test_an_alias_bomb_is_refused_at_once_by_its_expanded_size():
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match=r"aliases expand to [\d,]+ values, more than the 100,000"):
+        parse_spec("\n".join(lines) + "\n")
+    assert time.perf_counter() - started < 2
+
+
+def test_an_error_quotes_at_most_a_bounded_piece_of_the_input():
+    text = _yaml(_spec(seed="x" * 5000))
+    with pytest.raises(SpecError) as err:
+        parse_spec(text)
+    message = str(err.value)
+    assert "(5,002 characters)" in message and len(message) < 600
+
+
+def test_a_union_member_name_never_reaches_the_message():
+    text = _yaml(_spec(target__total=-5))
+    with pytest.raises(SpecError) as err:
+        parse_spec(text)
+    message = str(err.value)
+    assert "constrained" not in message and "target.total: " in message
+    assert "greater than 0" in message and "'auto'" in message
