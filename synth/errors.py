@@ -39,3 +39,8 @@ class GenerationError(SynthError):
     """Generation failed for a reason that re-running will not fix by itself."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as cluster schedulers send it: handled exactly like Ctrl-C (KeyboardInterrupt),
+    so every write in progress is undone and the run is recorded as interrupted."""

@@ -21,6 +21,7 @@ from synth.spec import FROM_SOURCE, MAX_SEED, Spec
 if TYPE_CHECKING:
     from synth.sources import RealCounts
 
+
 @dataclass(frozen=True)
 class ClassPlan:
     """One class's counts and the prompts its synthetic samples draw from."""

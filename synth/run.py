@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
-from synth.errors import OutputError, SynthError
+from synth.errors import OutputError, SynthError, Terminated
 from synth.generate.pipeline import check_model_reference, file_sha256, resolve_lora_file
 from synth.generate.render import RenderSettings
 from synth.generate.untrained import (
@@ -33,6 +33,7 @@ from synth.generate.untrained import (
 from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name
 from synth.shards import (
     DATA_DIR,
+    TEMP_PREFIX,
     UNTRAINED_DIR,
     dataset_card,
     output_errors,
@@ -138,11 +139,51 @@ def _run_locked(
         "versions": library_versions(),
         "invocations": [*previous.get("invocations", []), invocation],
     }
+    # Leftovers of writes a crash interrupted (plan.parquet, run.json, ...) go first.
+    removed = remove_temporary_files(out)
     write_text_atomic(out / "run.json", json.dumps(run_record, indent=2))
+    summary = RunSummary(out, plan.total_synthetic, plan.num_shards, 0, 0, 0.0, None, None)
+    timings: dict[str, dict | list] = {"shard_seconds": {}, "model_loads": []}
+    try:
+        return _generate(
+            spec, plan, spec_sha256, out, in_process, show_progress, started, run_record,
+            invocation, summary, timings, removed,
+        )  # fmt: skip
+    except BaseException as err:
+        invocation.update(status="failed", error=_reason(err))
+        try:
+            _finish(out, run_record, invocation, started, summary, **timings)
+        except SynthError as unrecorded:  # the disk that failed the run may refuse this too
+            logger.warning("the failure could not be recorded in run.json: %s", unrecorded)
+        raise
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, Terminated):
+        return "interrupted by SIGTERM"
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    return f"{type(err).__name__}: {err}"
+
+
+def _generate(
+    spec: Spec,
+    plan: Plan,
+    spec_sha256: str,
+    out: Path,
+    in_process: bool,
+    show_progress: bool,
+    started: float,
+    run_record: dict,
+    invocation: dict,
+    summary: RunSummary,
+    timings: dict,
+    removed: int,
+) -> RunSummary:
+    """Write the plan and the run's files, then render every missing shard."""
     spec_yaml = spec_to_yaml(spec)
-    write_text_atomic(out / "run.json", json.dumps(run_record, indent=2))
     write_text_atomic(out / "spec.yaml", spec_yaml)
-    if not (out / "plan.parquet").is_file() or not previous:
+    if not (out / "plan.parquet").is_file() or len(run_record["invocations"]) == 1:
         with output_errors(out / "plan.parquet"):
             write_plan(plan, out / "plan.parquet")
     write_text_atomic(out / "README.md", dataset_card(spec.name, run_record["classes"], spec_yaml))
@@ -150,10 +191,10 @@ def _run_locked(
     data_dir = out / DATA_DIR
     with output_errors(data_dir):
         data_dir.mkdir(exist_ok=True)
-    removed = remove_temporary_files(data_dir)
+    removed += remove_temporary_files(data_dir)
     missing = missing_shards(plan, data_dir, spec_sha256)
     reused = plan.num_shards - len(missing)
-    summary = RunSummary(out, plan.total_synthetic, plan.num_shards, reused, 0, 0.0, None, None)
+    summary.shards_reused = reused
     if not missing:
         invocation.update(status="complete", note="nothing to do: every shard was already complete")
         _finish(out, run_record, invocation, started, summary)
@@ -164,11 +205,11 @@ def _run_locked(
         generator=spec.generator,
         classes=spec.classes,
         spec_sha256=spec_sha256,
-        created_at=created_at,
+        created_at=run_record["created_at"],
         image_format=spec.output.image_format,
     )
-    shard_seconds: dict[str, float] = {}
-    model_loads: list[float] = []
+    shard_seconds: dict[str, float] = timings["shard_seconds"]
+    model_loads: list[float] = timings["model_loads"]
     bar = tqdm(
         total=images_to_render,
         unit="img",
@@ -202,13 +243,10 @@ def _run_locked(
             report = run_in_process(plan, missing, settings, on_shard_done, on_progress)
         else:
             report = run_on_ray(plan, missing, settings, spec.compute, on_shard_done, on_progress)
-    except BaseException as err:
-        invocation.update(status="failed", error=f"{type(err).__name__}: {err}")
-        _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
-        raise
     finally:
         bar.close()
     finished = time.perf_counter()
+    _check_every_shard_is_there(plan, data_dir)
     generation_seconds = finished - generation_started
     summary.workers = report.workers
     if images_to_render > first_shard["images"] and first_shard["last_at"] > first_shard["at"]:
@@ -225,6 +263,21 @@ def _run_locked(
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
     _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
     return summary
+
+
+def _check_every_shard_is_there(plan: Plan, data_dir: Path) -> None:
+    """Before a run is called complete: every planned shard file exists (one deleted while
+    the run went on would otherwise be reported as written)."""
+    gone = [
+        name
+        for name in (shard_file_name(s, plan.num_shards) for s in range(plan.num_shards))
+        if not (data_dir / name).is_file()
+    ]
+    if gone:
+        raise OutputError(
+            f"{data_dir / gone[0]}: missing after the run ({len(gone)} planned shard(s) are not "
+            "in the folder; something removed them); re-run the same command to render them"
+        )
 
 
 def render_untrained_baseline(
@@ -338,16 +391,20 @@ _PLAN_ROWS_PER_WRITE = 1 << 16
 
 def write_plan(plan: Plan, path: Path) -> None:
     """plan.parquet, streamed in blocks of shards so a huge plan never sits in memory."""
-    temporary = path.with_name(f".tmp-{path.name}")
+    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
     block: dict[str, list] = {name: [] for name in PLAN_COLUMNS}
-    with pq.ParquetWriter(temporary, _PLAN_SCHEMA) as writer:
-        for shard in range(plan.num_shards):
-            for name, values in plan.columns_in_shard(shard).items():
-                block[name] += values
-            if len(block["sample_id"]) >= _PLAN_ROWS_PER_WRITE or shard == plan.num_shards - 1:
-                writer.write_table(pa.table(block, schema=_PLAN_SCHEMA))
-                block = {name: [] for name in PLAN_COLUMNS}
-    temporary.replace(path)
+    try:
+        with pq.ParquetWriter(temporary, _PLAN_SCHEMA) as writer:
+            for shard in range(plan.num_shards):
+                for name, values in plan.columns_in_shard(shard).items():
+                    block[name] += values
+                if len(block["sample_id"]) >= _PLAN_ROWS_PER_WRITE or shard == plan.num_shards - 1:
+                    writer.write_table(pa.table(block, schema=_PLAN_SCHEMA))
+                    block = {name: [] for name in PLAN_COLUMNS}
+        temporary.replace(path)
+    except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: nothing half-written
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _check_folder_is_usable(out: Path) -> None:
@@ -355,12 +412,17 @@ def _check_folder_is_usable(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder; choose another --out")
     if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in _RUN_ENTRIES]
+        foreign = [p.name for p in out.iterdir() if not _is_run_entry(p.name)]
         if foreign:
             raise OutputError(
                 f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
                 "or new --out folder"
             )
+
+
+def _is_run_entry(name: str) -> bool:
+    """A name synth writes in a run folder, or the temporary file of one that a crash left."""
+    return name in _RUN_ENTRIES or name.removeprefix(TEMP_PREFIX) in _RUN_ENTRIES
 
 
 @contextmanager
@@ -414,6 +476,7 @@ def _clear_run(out: Path) -> None:
     shutil.rmtree(out / EVAL_DIR, ignore_errors=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    remove_temporary_files(out)
 
 
 def _finish(

@@ -24,7 +24,7 @@ from synth.errors import OutputError
 DATA_DIR = "data"
 # The random-weight baseline's folder in a run: its model/ and its own data/ shards.
 UNTRAINED_DIR = "untrained"
-_TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SHARD_SCHEMA = pa.schema(
@@ -140,7 +140,7 @@ def write_shard(table: pa.Table, path: Path) -> None:
     """Write a shard atomically: temporary file, fsync, rename. Nothing partial is ever visible."""
     with output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
+        temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
         try:
             # Images are already compressed, so Parquet compression would only cost CPU.
             pq.write_table(table, temporary, compression="none", row_group_size=64)
@@ -183,7 +183,7 @@ def shard_is_complete(path: Path, expected_ids: list[str], spec_sha256: str) -> 
 
 def remove_temporary_files(data_dir: Path) -> int:
     """Delete leftovers of writes that a crash interrupted; returns how many."""
-    leftovers = list(data_dir.glob(f"{_TEMP_PREFIX}*")) if data_dir.is_dir() else []
+    leftovers = list(data_dir.glob(f"{TEMP_PREFIX}*")) if data_dir.is_dir() else []
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     return len(leftovers)
@@ -192,7 +192,7 @@ def remove_temporary_files(data_dir: Path) -> int:
 def write_text_atomic(path: Path, text: str) -> None:
     """Small files (spec, run.json, README) get the same all-or-nothing write as shards."""
     with output_errors(path):
-        temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
+        temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
         try:
             temporary.write_text(text, encoding="utf-8")
             _fsync(temporary)
