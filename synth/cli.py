@@ -104,11 +104,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> None:
     from synth.plan import plan_for_spec
+    from synth.preflight import check_spec_files
     from synth.sources import real_counts
     from synth.spec import load_spec
 
     spec = load_spec(args.spec)
     plan = plan_for_spec(spec, real_counts(spec))
+    check_spec_files(spec)  # what `synth run` would refuse, without loading a model
     print(
         f"{args.spec}: valid; {plan.total_synthetic} synthetic images in {plan.num_shards} shards"
     )

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
 from synth.errors import OutputError, SynthError, Terminated
-from synth.generate.pipeline import check_model_reference, file_sha256, resolve_lora_file
 from synth.generate.render import RenderSettings
 from synth.generate.untrained import (
     MODEL_DIR,
@@ -31,6 +30,14 @@ from synth.generate.untrained import (
     untrained_sha256,
 )
 from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name
+from synth.preflight import (
+    EVAL_DIR,
+    LOCK_FILE,
+    RUN_FILES,
+    check_spec_files,
+    file_sha256,
+    resolve_lora_file,
+)
 from synth.shards import (
     DATA_DIR,
     TEMP_PREFIX,
@@ -51,11 +58,6 @@ from synth.versions import library_versions
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
-LOCK_FILE = ".synth.lock"
-EVAL_DIR = "eval"  # the evaluation's outputs; a later `synth run` of the same spec keeps them
-# What a synth run folder may hold, so a run that crashed before run.json existed can resume.
-_RUN_ENTRIES = {*RUN_FILES, DATA_DIR, UNTRAINED_DIR, EVAL_DIR, LOCK_FILE}
 _PLAN_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -93,11 +95,8 @@ def run_spec(
     out = Path(out_dir or spec.output.dir).resolve()
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
     plan = plan_for_spec(spec, real_counts(spec))
+    check_spec_files(spec)
     spec_sha256 = generation_sha256(spec, plan)
-    check_model_reference(spec.generator.model)
-    if spec.generator.vae:
-        check_model_reference(spec.generator.vae, "generator.vae")
-    _check_folder_is_usable(out)
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
     baseline = spec.eval.enabled and spec.eval.untrained_baseline > 0
@@ -405,24 +404,6 @@ def write_plan(plan: Plan, path: Path) -> None:
     except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: nothing half-written
         temporary.unlink(missing_ok=True)
         raise
-
-
-def _check_folder_is_usable(out: Path) -> None:
-    """Never write into a file, or into a folder that holds anything but a synth run."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: is a file, not a folder; choose another --out")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if not _is_run_entry(p.name)]
-        if foreign:
-            raise OutputError(
-                f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
-                "or new --out folder"
-            )
-
-
-def _is_run_entry(name: str) -> bool:
-    """A name synth writes in a run folder, or the temporary file of one that a crash left."""
-    return name in _RUN_ENTRIES or name.removeprefix(TEMP_PREFIX) in _RUN_ENTRIES
 
 
 @contextmanager

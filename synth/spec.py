@@ -284,6 +284,12 @@ class Spec(StrictModel):
                     f"add classes.{label} with its prompts"
                 )
         if isinstance(self.source, CountsSource):
+            if self.eval.enabled:
+                raise ValueError(
+                    "eval.enabled needs real images with a train/val/test split, and a counts "
+                    "source has none; use a manifest, iu_xray or phantom source, or set "
+                    "eval.enabled: false"
+                )
             for label, cls in self.classes.items():
                 if cls.prompts == FROM_SOURCE:
                     raise ValueError(
@@ -370,26 +376,42 @@ def load_training_config(path: str | Path) -> LoraTraining:
     base = config_path.resolve().parent
     return config.model_copy(
         update={
-            "manifest": _absolute(config.manifest, base),
-            "output_dir": _absolute(config.output_dir, base),
-            "model": _local_or_hub_id(config.model, base),
-            "vae": _local_or_hub_id(config.vae, base),
+            "manifest": _absolute(config.manifest, base, "manifest"),
+            "output_dir": _absolute(config.output_dir, base, "output_dir"),
+            "model": _local_or_hub_id(config.model, base, "model"),
+            "vae": _local_or_hub_id(config.vae, base, "vae"),
         }
     )
 
 
-def _local_or_hub_id(ref: str | None, base: Path) -> str | None:
-    """A model reference: an existing folder (relative to `base`) made absolute, else a hub id."""
+def _local_or_hub_id(ref: str | None, base: Path, key: str) -> str | None:
+    """A model reference: an existing folder, or anything written as a path, made absolute
+    against `base` (so a mistyped path is reported as a missing folder); else a hub id."""
     if ref is None:
         return None
     candidate = Path(ref).expanduser()
     candidate = candidate if candidate.is_absolute() else base / candidate
-    return str(candidate.resolve()) if candidate.exists() else ref
+    return str(_resolved(candidate, key)) if looks_like_a_path(ref) or candidate.exists() else ref
 
 
-def _absolute(path: Path, base: Path) -> Path:
+def looks_like_a_path(ref: str) -> bool:
+    """A model reference written as a path: a hub id is `name` or `owner/name`, never starting
+    with '.', '/' or '~' and never holding two slashes or a backslash."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
+
+
+def _absolute(path: Path, base: Path, key: str) -> Path:
     path = path.expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+    return _resolved(path if path.is_absolute() else base / path, key)
+
+
+def _resolved(path: Path, key: str) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as err:  # Python raises RuntimeError on a symlink loop
+        raise SpecError(
+            f"{key} {path}: cannot be resolved ({err}); point it at a real file or folder"
+        ) from None
 
 
 def sha256_of_json(data: Any) -> str:
@@ -507,42 +529,45 @@ def _read_text(path: Path) -> str:
 def resolve_paths(spec: Spec, base: Path) -> Spec:
     """Make the spec's local paths absolute against `base`; hub ids are left as they are."""
 
-    def absolute(path: Path) -> Path:
-        return _absolute(path, base)
-
-    def local_or_hub_id(ref: str | None) -> str | None:
-        return _local_or_hub_id(ref, base)
+    def absolute(path: Path, key: str) -> Path:
+        return _absolute(path, base, key)
 
     source = spec.source
     if isinstance(source, ManifestSource | IUXraySource | PhantomSource):
-        source = source.model_copy(update={"path": absolute(source.path)})
+        source = source.model_copy(update={"path": absolute(source.path, "source.path")})
     if isinstance(source, IUXraySource):
         source = source.model_copy(
             update={
-                key: absolute(getattr(source, key))
+                key: absolute(getattr(source, key), f"source.{key}")
                 for key in ("projections", "metadata")
                 if getattr(source, key) is not None
             }
         )
     generator = spec.generator.model_copy(
         update={
-            "model": local_or_hub_id(spec.generator.model),
-            "vae": local_or_hub_id(spec.generator.vae),
+            "model": _local_or_hub_id(spec.generator.model, base, "generator.model"),
+            "vae": _local_or_hub_id(spec.generator.vae, base, "generator.vae"),
         }
     )
     classes = {
         label: cls.model_copy(
-            update={"lora": cls.lora.model_copy(update={"path": absolute(cls.lora.path)})}
+            update={
+                "lora": cls.lora.model_copy(
+                    update={"path": absolute(cls.lora.path, f"classes.{label}.lora.path")}
+                )
+            }
         )
         if cls.lora
         else cls
         for label, cls in spec.classes.items()
     }
-    out_dir = absolute(spec.output.dir) if spec.output.dir else absolute(Path("runs") / spec.name)
+    out_dir = absolute(spec.output.dir or Path("runs") / spec.name, "output.dir")
     output = spec.output.model_copy(update={"dir": out_dir})
     weights = spec.eval.inception_weights
     evaluation = spec.eval.model_copy(
-        update={"inception_weights": absolute(weights) if weights else None}
+        update={
+            "inception_weights": absolute(weights, "eval.inception_weights") if weights else None
+        }
     )
     return spec.model_copy(
         update={

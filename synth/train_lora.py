@@ -29,12 +29,8 @@ from PIL import Image
 
 from classifiers.data import load_gray
 from synth.errors import SourceError
-from synth.generate.pipeline import (
-    LORA_WEIGHT_NAME,
-    file_sha256,
-    load_pretrained,
-    quiet_libraries,
-)
+from synth.generate.pipeline import load_pretrained, quiet_libraries
+from synth.preflight import LORA_WEIGHT_NAME, file_sha256
 from synth.shards import output_errors, write_text_atomic
 from synth.sources import TRAIN_SPLIT
 from synth.sources.iu_text import LABEL_PHRASES

@@ -36,8 +36,8 @@ def test_plan_table(tmp_path: Path, capsys):
     assert lines[3].split() == ["total", "11", "24", "13"]
 
 
-def test_validate_and_schema(tmp_path: Path, capsys):
-    assert main(["validate", str(write_spec(tmp_path, base_spec(tmp_path / "m")))]) == 0
+def test_validate_and_schema(tmp_path: Path, small_model: Path, capsys):
+    assert main(["validate", str(write_spec(tmp_path, base_spec(small_model)))]) == 0
     assert "valid; 13 synthetic images in 4 shards" in capsys.readouterr().out
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
@@ -151,3 +151,50 @@ def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
     report = (tmp_path / "out" / "eval" / "report.html").read_text()
     assert "Check that the generator beats random weights" in report
     assert main(["eval", str(tmp_path / "out")]) == 0  # and again from the run folder alone
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("missing model", "generator.model {tmp}/nope: folder not found"),
+        ("mistyped relative model", "generator.model {parent}/models/nope: folder not found"),
+        ("not a hub id", "generator.model bad id!: neither a local folder nor a hub id"),
+        ("missing lora", "classes.opacity.lora: LoRA {tmp}/no-lora: not found"),
+        ("foreign output folder", "{tmp}/theirs: holds 'notes.txt', so it is not a synth run"),
+        ("eval on counts", "eval.enabled needs real images with a train/val/test split"),
+        ("lora symlink loop", "classes.opacity.lora.path {tmp}/loop: cannot be resolved"),
+        ("output symlink loop", "output.dir {tmp}/loop/out: cannot be resolved"),
+    ],
+)
+def test_validate_refuses_what_run_would_refuse_in_one_line(
+    tmp_path: Path, small_model: Path, small_lora: Path, capsys, monkeypatch, change, message
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = base_spec(small_model, small_lora)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    if change == "missing model":
+        data["generator"]["model"] = str(tmp_path / "nope")
+    elif change == "mistyped relative model":
+        data["generator"]["model"] = "../models/nope"
+    elif change == "not a hub id":
+        data["generator"]["model"] = "bad id!"
+    elif change == "missing lora":
+        data["classes"]["opacity"]["lora"] = {"path": str(tmp_path / "no-lora")}
+    elif change == "foreign output folder":
+        (tmp_path / "theirs").mkdir()
+        (tmp_path / "theirs" / "notes.txt").write_text("mine")
+        data["output"]["dir"] = "theirs"
+    elif change == "eval on counts":
+        data["eval"] = {"enabled": True}
+    elif change == "lora symlink loop":
+        data["classes"]["opacity"]["lora"] = {"path": "loop"}
+    elif change == "output symlink loop":
+        data["output"]["dir"] = "loop/out"
+    spec = write_spec(tmp_path, data)
+    for command in (["validate", str(spec)], ["run", str(spec), "--in-process"]):
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        expected = message.format(tmp=tmp_path, parent=tmp_path.parent)
+        assert error.startswith("synth: error: ") and error.count("\n") == 1
+        assert expected in error, error
+    assert not (tmp_path / "runs").exists()

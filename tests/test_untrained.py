@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 
 from synth.generate.untrained import untrained_plan
@@ -44,6 +45,13 @@ def test_synth_run_renders_the_baseline_from_random_weights_and_keeps_it(
     tmp_path: Path, small_model: Path, small_lora: Path
 ):
     data = base_spec(small_model, small_lora)
+    # An evaluation needs real images (a counts source has none): a small manifest.
+    rows = ["path,label,split"]
+    for i, (label, split) in enumerate([("opacity", "train"), ("normal", "train")] * 2):
+        Image.new("L", (8, 8), 40 * i).save(tmp_path / f"real-{i}.png")
+        rows.append(f"real-{i}.png,{label},{split}")
+    (tmp_path / "real.csv").write_text("\n".join(rows) + "\n")
+    data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
     data["eval"] = {"enabled": True, "untrained_baseline": 5}
     out = tmp_path / "out"
 

@@ -6,7 +6,6 @@ adapters switched per class with `set_adapters`. It knows nothing of Ray or Parq
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -29,10 +28,10 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
-from safetensors import SafetensorError, safe_open
 
 from synth.errors import GenerationError, ModelError
 from synth.plan import PlannedSample, retry_seed
+from synth.preflight import check_model_reference, file_sha256, resolve_lora_file
 from synth.spec import ClassSpec, FastPath, Generator
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ SCHEDULERS = {
     "unipc": UniPCMultistepScheduler,
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # A bad image (NaN or all black) is retried with a derived seed at most this many times in all.
 MAX_ATTEMPTS = 3
 # An image whose brightest pixel is below one 8-bit level is black once quantised.
@@ -67,34 +65,6 @@ class RenderedImage:
     image: Image.Image
     seed: int  # the seed that made this image (the planned one unless a retry was needed)
     attempt: int  # 1 for the first try
-
-
-def resolve_lora_file(path: Path) -> Path:
-    """The safetensors file of a LoRA given as a file or as a folder that holds one."""
-    candidate = path / LORA_WEIGHT_NAME if path.is_dir() else path
-    if not candidate.is_file():
-        raise ModelError(
-            f"LoRA {path}: not found; train it with `synth train-lora CONFIG` (see the README), "
-            f"or point lora.path at a .safetensors file or a folder holding {LORA_WEIGHT_NAME}"
-        )
-    try:
-        with safe_open(str(candidate), framework="pt") as handle:
-            if not list(handle.keys()):
-                raise ModelError(f"LoRA {candidate}: holds no tensors; re-export the adapter")
-    except (SafetensorError, OSError) as err:
-        raise ModelError(
-            f"LoRA {candidate}: not a readable safetensors file ({err}); "
-            "re-save it with save_lora_weights"
-        ) from None
-    return candidate
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pick_device() -> torch.device:
@@ -295,38 +265,6 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def check_model_reference(ref: str, key: str = "generator.model") -> None:
-    """Cheap checks of a model folder before any worker starts. A hub id passes through,
-    unless offline mode (HF_HUB_OFFLINE) is set and the hub cache lacks it."""
-    local = Path(ref)
-    if not local.is_absolute() and not local.exists() and _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(ref, "model_index.json") or try_to_load_from_cache(
-            ref, "config.json"
-        )
-        if not isinstance(cached, str):
-            raise ModelError(
-                f"{key} {ref}: cannot load (HF_HUB_OFFLINE is set and the hub cache lacks it); "
-                "give a local diffusers folder, or fetch it once where the hub is reachable"
-            )
-    if local.is_absolute() and not local.exists():
-        raise ModelError(f"{key} {ref}: folder not found; point {key} at a diffusers folder")
-    if local.is_dir() and not (
-        (local / "model_index.json").is_file() or (local / "config.json").is_file()
-    ):
-        raise ModelError(
-            f"{key} {ref}: not a diffusers folder (no model_index.json); "
-            "save the model with save_pretrained"
-        )
 
 
 def _load_pipeline(generator: Generator, dtype: torch.dtype) -> StableDiffusionXLPipeline:

@@ -1,0 +1,128 @@
+"""What a spec's files are, checked without loading a model or importing torch, so that
+`synth validate` can check everything `synth run` would refuse: the model and VAE references,
+each LoRA file, and the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from synth.errors import ModelError, OutputError
+from synth.shards import DATA_DIR, TEMP_PREFIX, UNTRAINED_DIR
+from synth.spec import Spec, looks_like_a_path
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
+LOCK_FILE = ".synth.lock"
+EVAL_DIR = "eval"  # the evaluation's outputs; a later `synth run` of the same spec keeps them
+# What a synth run folder may hold, so a run that crashed before run.json existed can resume.
+RUN_ENTRIES = {*RUN_FILES, DATA_DIR, UNTRAINED_DIR, EVAL_DIR, LOCK_FILE}
+
+
+def resolve_lora_file(path: Path) -> Path:
+    """The safetensors file of a LoRA given as a file or as a folder that holds one."""
+    candidate = path / LORA_WEIGHT_NAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise ModelError(
+            f"LoRA {path}: not found; train it with `synth train-lora CONFIG` (see the README), "
+            f"or point lora.path at a .safetensors file or a folder holding {LORA_WEIGHT_NAME}"
+        )
+    try:
+        with safe_open(str(candidate), framework="numpy") as handle:  # lists keys only
+            if not list(handle.keys()):
+                raise ModelError(f"LoRA {candidate}: holds no tensors; re-export the adapter")
+    except (SafetensorError, OSError) as err:
+        raise ModelError(
+            f"LoRA {candidate}: not a readable safetensors file ({err}); "
+            "re-save it with save_lora_weights"
+        ) from None
+    return candidate
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def check_model_reference(ref: str, key: str = "generator.model") -> None:
+    """Cheap checks of a model reference before any worker starts: a local folder must be a
+    diffusers folder; a hub id must be well formed and, when offline mode (HF_HUB_OFFLINE) is
+    set, already in the hub cache."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    local = Path(ref)
+    if looks_like_a_path(ref) or local.exists():
+        if not local.exists():
+            raise ModelError(f"{key} {ref}: folder not found; point {key} at a diffusers folder")
+        if not local.is_dir() or not (
+            (local / "model_index.json").is_file() or (local / "config.json").is_file()
+        ):
+            raise ModelError(
+                f"{key} {ref}: not a diffusers folder (no model_index.json); "
+                "save the model with save_pretrained"
+            )
+        return
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise ModelError(
+            f"{key} {ref}: neither a local folder nor a hub id (owner/name); fix the path"
+        ) from None
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "model_index.json") or try_to_load_from_cache(
+            ref, "config.json"
+        )
+        if not isinstance(cached, str):
+            raise ModelError(
+                f"{key} {ref}: cannot load (HF_HUB_OFFLINE is set and the hub cache lacks it); "
+                "give a local diffusers folder, or fetch it once where the hub is reachable"
+            )
+
+
+def check_spec_files(spec: Spec) -> None:
+    """Everything `synth run` would refuse about the spec's files, checked before anything
+    loads: the model and VAE references, every LoRA file, and the output folder."""
+    check_model_reference(spec.generator.model)
+    if spec.generator.vae:
+        check_model_reference(spec.generator.vae, "generator.vae")
+    for label, cls in spec.classes.items():
+        if cls.lora is not None:
+            try:
+                resolve_lora_file(cls.lora.path)
+            except ModelError as err:
+                raise ModelError(f"classes.{label}.lora: {err}") from None
+    if spec.output.dir is not None:
+        check_output_folder(Path(spec.output.dir))
+
+
+def is_run_entry(name: str) -> bool:
+    """A name synth writes in a run folder, or the temporary file of one that a crash left."""
+    return name in RUN_ENTRIES or name.removeprefix(TEMP_PREFIX) in RUN_ENTRIES
+
+
+def check_output_folder(out: Path) -> None:
+    """Never write into a file, or into a folder that holds anything but a synth run."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder; choose another --out")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if not is_run_entry(p.name)]
+        if foreign:
+            raise OutputError(
+                f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
+                "or new --out folder"
+            )
