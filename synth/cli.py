@@ -13,6 +13,22 @@ from pathlib import Path
 from synth import __version__
 from synth.errors import SynthError, Terminated
 
+DESCRIPTION = """\
+synth makes synthetic training images for rare classes: a YAML spec names the real data, the
+label distribution you want and the model and LoRA per class; `synth run` plans exactly the
+missing images, renders them (SDXL + LoRA, over a Ray cluster), writes Parquet shards with
+full provenance, and, with eval.enabled, reports whether they beat duplicating real images."""
+EPILOG = """\
+example:
+  synth validate specs/quickstart.yaml   # check a spec, and everything run would refuse
+  synth run specs/quickstart.yaml        # plan, render, write shards, evaluate; resumable
+
+exit codes: 0 done; 1 a run failed (re-run the same command to resume); 2 bad input or an
+unusable path (the message names it and the fix); 130 Ctrl-C; 143 SIGTERM.
+
+`synth schema` prints the spec's JSON Schema for editors; the README has every spec key."""
+SPEC_HELP = "the spec YAML file"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -41,24 +57,29 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synth", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="synth",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"synth {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a spec")
-    validate.add_argument("spec", type=Path)
+    validate.add_argument("spec", type=Path, help=SPEC_HELP)
     validate.set_defaults(command=_validate)
 
     schema = commands.add_parser("schema", help="print the spec's JSON Schema, for editors")
     schema.set_defaults(command=_schema)
 
     plan = commands.add_parser("plan", help="print real, target and synthetic counts per class")
-    plan.add_argument("spec", type=Path)
+    plan.add_argument("spec", type=Path, help=SPEC_HELP)
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     plan.set_defaults(command=_plan)
 
     run = commands.add_parser("run", help="generate the planned images into Parquet shards")
-    run.add_argument("spec", type=Path)
+    run.add_argument("spec", type=Path, help=SPEC_HELP)
     run.add_argument("--out", type=Path, help="output folder (default: the spec's output.dir)")
     run.add_argument(
         "--overwrite", action="store_true", help="replace a run of a different spec in --out"
@@ -94,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(command=_train_lora)
 
     preview = commands.add_parser("preview", help="render K samples of a class as a PNG grid")
-    preview.add_argument("spec", type=Path)
+    preview.add_argument("spec", type=Path, help=SPEC_HELP)
     preview.add_argument("--class", dest="label", required=True, help="the class to preview")
     preview.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
     preview.add_argument("--out", type=Path, required=True, help="the grid PNG to write")

@@ -428,11 +428,10 @@ def _previous_run(out: Path, spec_sha256: str, overwrite: bool) -> dict:
     """The previous run.json of this spec (empty if none); refuses a different spec's folder.
     An unreadable run.json is judged by its shards' spec_sha256 instead, so a crash that
     damaged it never costs the finished shards."""
-    previous: dict = {}
-    try:
-        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
-        previous_sha = previous.get("spec_sha256")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    previous = _read_run_record(out / "run.json")
+    if previous is not None:
+        previous_sha = previous["spec_sha256"]
+    else:
         previous = {}
         digests = shard_spec_digests(out / DATA_DIR)
         previous_sha = digests.pop() if len(digests) == 1 else (None if not digests else "mixed")
@@ -448,6 +447,26 @@ def _previous_run(out: Path, spec_sha256: str, overwrite: bool) -> dict:
         _clear_run(out)
         return {}
     return previous
+
+
+def _read_run_record(path: Path) -> dict | None:
+    """run.json as a previous run left it, or None when it is missing, unreadable or its
+    fields have the wrong types (a crash or a hand edit): then the shards decide."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    well_formed = (
+        isinstance(record, dict)
+        and isinstance(record.get("spec_sha256"), str)
+        and isinstance(record.get("created_at", ""), str)
+        and isinstance(record.get("invocations", []), list)
+        and all(isinstance(i, dict) for i in record.get("invocations", []))
+    )
+    if not well_formed:
+        logger.warning("%s: unreadable fields; the run's identity is taken from its shards", path)
+        return None
+    return record
 
 
 def _clear_run(out: Path) -> None:

@@ -86,6 +86,31 @@ def test_preview_writes_a_grid_and_samples_with_full_metadata(
     assert main(["preview", str(spec), "--class", "effusion", "--out", str(grid)]) == 2
 
 
+@pytest.mark.slow
+def test_preview_to_a_folder_or_an_unwritable_place_is_one_line_and_leaves_nothing(
+    tmp_path: Path, small_model: Path, small_lora: Path, capsys, monkeypatch
+):
+    spec = write_spec(tmp_path, base_spec(small_model, small_lora))
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    command = ["preview", str(spec), "--class", "opacity", "-n", "2", "--out"]
+    assert main([*command, str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--out {folder}: is a folder" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "spec.yaml"]
+    # A write that fails (a read-only file system, a full disk) removes the samples folder.
+    grid = tmp_path / "out" / "grid.png"
+
+    def refuse(self, data):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    assert main([*command, str(grid)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot write (Read-only file system)" in error
+    assert not (tmp_path / "out" / "grid_samples").exists()
+
+
 def test_console_script_is_installed():
     result = subprocess.run(
         [Path(sys.executable).parent / "synth", "--version"], capture_output=True, text=True

@@ -212,6 +212,24 @@ def test_an_unreadable_run_json_is_recovered_from_the_shards(spec_path: Path, tm
     assert _shard_bytes(out) == before
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [[1, 2], {"spec_sha256": 5}, {"spec_sha256": "x", "invocations": "oops"},
+     {"spec_sha256": "x", "invocations": [1]}, {"spec_sha256": "x", "created_at": 7}],
+)  # fmt: skip
+def test_a_run_json_with_fields_of_the_wrong_types_is_recovered_from_the_shards(
+    spec_path: Path, tmp_path: Path, damage
+):
+    out = tmp_path / "out"
+    _run(spec_path, out)
+    before = _shard_bytes(out)
+    (out / "run.json").write_text(json.dumps(damage))
+    summary = _run(spec_path, out)  # no traceback: the shards say whose run this is
+    assert (summary.shards_written, summary.shards_reused) == (0, 4)
+    assert _shard_bytes(out) == before
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
 def test_a_second_run_into_the_same_folder_is_refused_while_one_is_writing(
     spec_path: Path, tmp_path: Path
 ):

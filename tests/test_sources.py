@@ -71,3 +71,20 @@ def test_unknown_split_values_are_rejected(tmp_path: Path):
 def test_missing_manifest(tmp_path: Path):
     with pytest.raises(SourceError, match="manifest not found"):
         read_manifest(tmp_path / "nope.csv")
+
+
+def test_a_header_only_manifest_is_refused_rather_than_planned_from_nothing(tmp_path: Path):
+    manifest = tmp_path / "real.csv"
+    manifest.write_text("path,label,split\n")
+    with pytest.raises(SourceError, match=r"real.csv: holds no rows, only a header"):
+        read_manifest(manifest)
+
+
+def test_a_row_without_a_split_among_rows_with_one_is_named(tmp_path: Path):
+    manifest = tmp_path / "real.csv"
+    manifest.write_text("path,label,split\na.png,opacity,train\nb.png,normal,\nc.png,normal,test\n")
+    with pytest.raises(SourceError, match=r"real.csv: row 3 has an empty split while other rows"):
+        read_manifest(manifest)
+    # A split column left empty throughout means no splits: every row counts.
+    manifest.write_text("path,label,split\na.png,opacity,\nb.png,normal,\n")
+    assert [image.split for image in read_manifest(manifest)] == [None, None]

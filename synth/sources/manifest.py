@@ -24,6 +24,11 @@ def read_manifest(manifest_path: Path) -> list[RealImage]:
             f"{manifest_path}: manifest is missing column(s) {missing}; "
             f"it needs path,label and optionally split (found {list(table.columns)})"
         )
+    if table.empty:
+        raise SourceError(
+            f"{manifest_path}: holds no rows, only a header; list the real images, one row each "
+            "(or use a counts source to plan from counts alone)"
+        )
     if table["path"].isna().any() or table["label"].isna().any():
         first = int((table["path"].isna() | table["label"].isna()).to_numpy().argmax())
         raise SourceError(f"{manifest_path}: row {first + 2} has an empty path or label; fill it")
@@ -33,7 +38,14 @@ def read_manifest(manifest_path: Path) -> list[RealImage]:
             f"{manifest_path}: image path {duplicated.iloc[0]!r} is listed more than once; "
             "each real image may appear once"
         )
-    has_split = "split" in table.columns
+    has_split = "split" in table.columns and table["split"].notna().any()
+    if has_split and table["split"].isna().any():
+        # Counting uses the train split, so a row without one would silently not count.
+        first = int(table["split"].isna().to_numpy().argmax())
+        raise SourceError(
+            f"{manifest_path}: row {first + 2} has an empty split while other rows have one; "
+            f"give every row one of {KNOWN_SPLITS}, or leave the whole column empty"
+        )
     if has_split:
         unknown = sorted(set(table["split"].dropna().astype(str)) - set(KNOWN_SPLITS))
         if unknown:
