@@ -131,7 +131,7 @@ def _validate(args: argparse.Namespace) -> None:
 
     spec = load_spec(args.spec)
     plan = plan_for_spec(spec, real_counts(spec))
-    check_spec_files(spec)  # what `synth run` would refuse, without loading a model
+    check_spec_files(spec, plan)  # what `synth run` would refuse, without loading a model
     print(
         f"{args.spec}: valid; {plan.total_synthetic} synthetic images in {plan.num_shards} shards"
     )

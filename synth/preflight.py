@@ -11,6 +11,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from synth.errors import ModelError, OutputError
+from synth.plan import Plan
+from synth.prompt_tokens import fit_prompt, load_tokenizers
 from synth.shards import DATA_DIR, TEMP_PREFIX, UNTRAINED_DIR
 from synth.spec import Spec, looks_like_a_path
 
@@ -94,10 +96,14 @@ def check_model_reference(ref: str, key: str = "generator.model") -> None:
             )
 
 
-def check_spec_files(spec: Spec) -> None:
+def check_spec_files(spec: Spec, plan: Plan) -> None:
     """Everything `synth run` would refuse about the spec's files, checked before anything
-    loads: the model and VAE references, every LoRA file, and the output folder."""
+    loads: the model and VAE references, every LoRA file, the output folder and, when the
+    model is a local folder, each planned prompt against its tokenizers."""
     check_model_reference(spec.generator.model)
+    model = Path(spec.generator.model)
+    if model.is_dir():
+        check_prompts(spec, plan, load_tokenizers(model))
     if spec.generator.vae:
         check_model_reference(spec.generator.vae, "generator.vae")
     for label, cls in spec.classes.items():
@@ -125,4 +131,24 @@ def check_output_folder(out: Path) -> None:
             raise OutputError(
                 f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
                 "or new --out folder"
+            )
+
+
+def check_prompts(spec: Spec, plan: Plan, tokenizers: list) -> None:
+    """Every planned prompt and negative prompt under the class's long-prompt policy."""
+    for cls in plan.classes:
+        prompts = spec.classes[cls.label].prompts if cls.label in spec.classes else []
+        policy = spec.generator.long_prompt_policy(prompts)
+        if policy == "truncate" or cls.synthetic == 0:
+            continue  # nothing to refuse: long prompts are recorded as encoded
+        for n, prompt in enumerate(cls.prompts):
+            where = (
+                f"classes.{cls.label}.prompts[{n}]"
+                if isinstance(prompts, list)
+                else f"classes.{cls.label} caption (prompts: from_source)"
+            )
+            fit_prompt(prompt, tokenizers, policy, where)
+        if cls.negative_prompt:
+            fit_prompt(
+                cls.negative_prompt, tokenizers, policy, f"classes.{cls.label}.negative_prompt"
             )

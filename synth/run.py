@@ -95,7 +95,7 @@ def run_spec(
     out = Path(out_dir or spec.output.dir).resolve()
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
     plan = plan_for_spec(spec, real_counts(spec))
-    check_spec_files(spec)
+    check_spec_files(spec, plan)
     spec_sha256 = generation_sha256(spec, plan)
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +348,8 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
     # on a GPU of another size. (They can move a rare pixel by one level; see the README's
     # "Determinism".) Tiled VAE decoding blends tile seams, which changes images: it counts.
     generator.pop("batch_size")
+    if generator["long_prompts"] is None:  # the default: runs from before it existed resume
+        generator.pop("long_prompts")
     if generator.pop("fast_path")["vae_decode"] == "tiled":
         generator["vae_decode"] = "tiled"
     classes = {}

@@ -187,6 +187,17 @@ class Generator(StrictModel):
     width: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
     fast_path: FastPath = Field(default_factory=FastPath)
+    # A prompt past what CLIP encodes (77 tokens with start and end): "error" refuses it,
+    # naming the prompt and its count; "truncate" cuts it after the last whole word that fits
+    # and renders and records the cut text. Unset: error for listed prompts, truncate for
+    # prompts: from_source (real captions, many of them long).
+    long_prompts: Literal["error", "truncate"] | None = None
+
+    def long_prompt_policy(self, prompts: object) -> Literal["error", "truncate"]:
+        """What happens to a long prompt of a class whose `prompts` are these."""
+        if self.long_prompts is not None:
+            return self.long_prompts
+        return "truncate" if prompts == FROM_SOURCE else "error"
 
 
 class Lora(StrictModel):

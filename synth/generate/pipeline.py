@@ -10,7 +10,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from PIL import Image
 from synth.errors import GenerationError, ModelError
 from synth.plan import PlannedSample, retry_seed
 from synth.preflight import check_model_reference, file_sha256, resolve_lora_file
+from synth.prompt_tokens import fit_prompt
 from synth.spec import ClassSpec, FastPath, Generator
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class SampleGenerator:
         image_check: Callable[[np.ndarray], bool] = is_bad_image,
     ) -> None:
         self.settings = generator
+        self.classes = classes
         self.device = device or pick_device()
         self.dtype = DTYPES[generator.dtype]
         if self.device.type == "cpu" and self.dtype == torch.float16:
@@ -107,6 +109,11 @@ class SampleGenerator:
         }
         self.fast_path = apply_fast_path(self.pipeline, generator.fast_path, bool(self.adapters))
         self._active_label: str | None = None
+        # Checked at every worker's start too: a hub model's prompts cannot be checked earlier.
+        self.tokenizers = [
+            t for t in (self.pipeline.tokenizer, self.pipeline.tokenizer_2) if t is not None
+        ]
+        self._recorded_prompts: dict[tuple[str, str], str] = {}
 
     @property
     def device_name(self) -> str:
@@ -138,7 +145,29 @@ class SampleGenerator:
             for start in range(0, len(class_samples), self.settings.batch_size):
                 yield self._render_batch(class_samples[start : start + self.settings.batch_size])
 
+    def recorded(self, sample: PlannedSample) -> PlannedSample:
+        """The sample with the prompts that are rendered and recorded: a prompt past what CLIP
+        encodes is refused or cut after its last whole word that fits, by the class's
+        long-prompt policy."""
+        cls = self.classes.get(sample.label)
+        policy = self.settings.long_prompt_policy(cls.prompts if cls else [])
+        return replace(
+            sample,
+            prompt=self._fit(sample.prompt, policy, f"classes.{sample.label} prompt"),
+            negative_prompt=self._fit(
+                sample.negative_prompt, policy, f"classes.{sample.label}.negative_prompt"
+            ),
+        )
+
+    def _fit(self, text: str, policy: str, where: str) -> str:
+        if (text, policy) not in self._recorded_prompts:
+            self._recorded_prompts[(text, policy)] = fit_prompt(
+                text, self.tokenizers, policy, where
+            )
+        return self._recorded_prompts[(text, policy)]
+
     def _render_batch(self, batch: list[PlannedSample]) -> list[RenderedImage]:
+        batch = [self.recorded(sample) for sample in batch]  # rendered as recorded
         results: dict[str, RenderedImage] = {}
         pending = [(sample, sample.seed) for sample in batch]
         for attempt in range(1, MAX_ATTEMPTS + 1):
