@@ -132,9 +132,18 @@ def _validate(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     plan = plan_for_spec(spec, real_counts(spec))
     check_spec_files(spec, plan)  # what `synth run` would refuse, without loading a model
+    _warn_if_too_large(spec, plan)
     print(
         f"{args.spec}: valid; {plan.total_synthetic} synthetic images in {plan.num_shards} shards"
     )
+
+
+def _warn_if_too_large(spec, plan) -> None:
+    from synth.plan import size_problem
+
+    problem = size_problem(plan, spec.run.max_images)
+    if problem:
+        print(f"synth: warning: {problem}; synth run will refuse it", file=sys.stderr)
 
 
 def _schema(args: argparse.Namespace) -> None:
@@ -173,6 +182,7 @@ def _plan(args: argparse.Namespace) -> None:
     from synth.throughput import describe_cost
 
     print("\n".join(describe_cost(spec, plan.total_synthetic)))
+    _warn_if_too_large(spec, plan)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -184,6 +194,7 @@ def _run(args: argparse.Namespace) -> None:
         from eval.evaluate import check_can_evaluate
 
         check_can_evaluate(spec)  # before generating: a refusal after hours of GPU time is late
+    _announce(spec)
     summary = run_spec(spec, args.out, overwrite=args.overwrite, in_process=args.in_process)
     if summary.shards_written == 0:
         print(f"{summary.out_dir}: nothing to do; all {summary.shards_total} shard(s) complete")
@@ -195,6 +206,17 @@ def _run(args: argparse.Namespace) -> None:
         )
     if spec.eval.enabled:
         _report_eval(spec, summary.out_dir)
+
+
+def _announce(spec) -> None:
+    """The plan's size and estimated cost, before anything starts."""
+    from synth.plan import plan_for_spec
+    from synth.sources import real_counts
+    from synth.throughput import describe_cost
+
+    plan = plan_for_spec(spec, real_counts(spec))
+    print(f"{spec.name}: {plan.total_synthetic:,} synthetic images in {plan.num_shards} shard(s)")
+    print("\n".join(describe_cost(spec, plan.total_synthetic)), flush=True)
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -137,6 +137,17 @@ def plan_for_spec(spec: Spec, real: RealCounts) -> Plan:
     return Plan(seed=spec.seed, classes=tuple(classes), shard_size=spec.output.shard_size)
 
 
+def size_problem(plan: Plan, max_images: int) -> str | None:
+    """Why the plan is too large to start (run.max_images), or None."""
+    if plan.total_synthetic <= max_images:
+        return None
+    return (
+        f"the plan asks for {plan.total_synthetic:,} synthetic images, more than "
+        f"run.max_images ({max_images:,}); check target (a tiny proportion with total: auto "
+        "plans billions), or raise run.max_images for a run truly that big"
+    )
+
+
 def class_prompts(spec: Spec, label: str, real: RealCounts) -> tuple[str, ...]:
     """A class's prompt pool: as listed, or its real training captions (`from_source`)."""
     prompts = spec.classes[label].prompts

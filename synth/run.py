@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
-from synth.errors import OutputError, SynthError, Terminated
+from synth.errors import OutputError, PlanError, SynthError, Terminated
 from synth.generate.render import RenderSettings
 from synth.generate.untrained import (
     MODEL_DIR,
@@ -29,7 +29,7 @@ from synth.generate.untrained import (
     untrained_settings,
     untrained_sha256,
 )
-from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name
+from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name, size_problem
 from synth.preflight import (
     EVAL_DIR,
     LOCK_FILE,
@@ -95,6 +95,9 @@ def run_spec(
     out = Path(out_dir or spec.output.dir).resolve()
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
     plan = plan_for_spec(spec, real_counts(spec))
+    too_large = size_problem(plan, spec.run.max_images)
+    if too_large:
+        raise PlanError(f"{too_large}; nothing was written")
     check_spec_files(spec, plan)
     spec_sha256 = generation_sha256(spec, plan)
     with output_errors(out):

@@ -234,6 +234,14 @@ class Output(StrictModel):
     image_format: Literal["png", "webp", "jpeg"] = "png"
 
 
+class RunLimits(StrictModel):
+    """Limits that keep a mistyped spec from starting an absurd run."""
+
+    # `synth run` refuses a plan past this many synthetic images, and validate and plan warn:
+    # a tiny proportion with total: auto can plan billions. Raise it for a run truly that big.
+    max_images: Annotated[int, Field(ge=1)] = 10_000_000
+
+
 class EvalSpec(StrictModel):
     """The evaluation: a CNN trained on real vs real+synthetic mixes, scored on real test data."""
 
@@ -274,6 +282,7 @@ class Spec(StrictModel):
     classes: dict[LabelName, ClassSpec] = Field(min_length=1)
     compute: Compute = Compute()
     output: Output = Output()
+    run: RunLimits = RunLimits()
     eval: EvalSpec = EvalSpec()
 
     @model_validator(mode="after")

@@ -153,6 +153,8 @@ def test_synth_run_generates_then_evaluates_when_eval_is_enabled(
     data["eval"]["allow_unverified_lora"] = True
     assert main(["run", str(write_spec(tmp_path, data)), "--in-process"]) == 0
     printed = capsys.readouterr().out
+    # The plan's size and cost come first, before anything starts.
+    assert printed.startswith("test_run: 6 synthetic images in 2 shard(s)\ncost")
     assert "Synthetic opacity images did " in printed  # one verdict, control first
     assert "count-matched control" in printed and "report:" in printed
     assert "Synthetic normal images" not in printed
@@ -223,3 +225,23 @@ def test_validate_refuses_what_run_would_refuse_in_one_line(
         assert error.startswith("synth: error: ") and error.count("\n") == 1
         assert expected in error, error
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_absurd_plan_is_a_warning_from_validate_and_plan_and_refused_by_run(
+    tmp_path: Path, small_model: Path, capsys
+):
+    data = base_spec(small_model)
+    # A proportion of 1e-9 with total: auto plans 19.5 billion images.
+    data["target"] = {"distribution": {"opacity": 1.0e-9, "normal": 1 - 1.0e-9}, "total": "auto"}
+    data["source"] = {"kind": "counts", "counts": {"opacity": 20, "normal": 60}}
+    data["output"]["dir"] = "out"
+    spec = write_spec(tmp_path, data)
+    for command in ("validate", "plan"):
+        assert main([command, str(spec)]) == 0
+        error = capsys.readouterr().err
+        # 19.5 billion in all, less the 80 real images.
+        assert "synth: warning: the plan asks for 19,499,999,921 synthetic images" in error
+    assert main(["run", str(spec), "--in-process"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "more than run.max_images (10,000,000)" in error
+    assert not (tmp_path / "out").exists()

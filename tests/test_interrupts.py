@@ -218,3 +218,40 @@ def test_a_signal_to_synth_run_stops_it_cleanly_and_the_rerun_completes(
     clean = tmp_path / "clean"
     subprocess.run([*command, "--out", str(clean)], capture_output=True, check=True, timeout=300)
     assert _content(out) == _content(clean)
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path):
+    """A 1 MB tmpfs of this test's own, where the platform lets it mount one (root on Linux)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_really_full_disk_names_the_shard_and_the_rerun_completes_once_there_is_room(
+    spec_path, tmp_path, uninterrupted, small_tmpfs
+):
+    clean = tmp_path / "clean"  # the uninterrupted run's folder: how much each file needs
+    shards = sorted((clean / "data").glob("*.parquet"))
+    others = sum(p.stat().st_size for p in clean.iterdir() if p.is_file())
+    room = others * 3 + shards[0].stat().st_size * 1.5  # the run files and about one shard
+    statistics = os.statvfs(small_tmpfs)
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * int(statistics.f_bavail * statistics.f_frsize - room))
+    out = small_tmpfs / "out"
+    with pytest.raises(OutputError, match=r"No space left on device"):
+        _run(spec_path, out)
+    assert _leftovers(out) == []
+    filler.unlink()
+    _run(spec_path, out)
+    assert _content(out) == uninterrupted and _last_invocation(out)["status"] == "complete"

@@ -137,3 +137,15 @@ def test_counts_and_shards_stay_exact_integers_past_float_precision():
     # What the user wrote decides the rounding: 0.15 of 10 is 1.5, so 2 (half up).
     assert plan_counts(LABELS, {"opacity": 0, "normal": 0}, {"opacity": 0.15, "normal": 0.85},
                        total=10)["opacity"][1] == 2  # fmt: skip
+
+
+def test_a_plan_past_max_images_is_named_with_its_size():
+    from synth.plan import size_problem
+
+    plan = _plan(opacity=6, normal=5, shard_size=4)
+    assert size_problem(plan, 11) is None
+    assert size_problem(plan, 10) == (
+        "the plan asks for 11 synthetic images, more than run.max_images (10); check target "
+        "(a tiny proportion with total: auto plans billions), or raise run.max_images for a run "
+        "truly that big"
+    )

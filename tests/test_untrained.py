@@ -45,13 +45,18 @@ def test_synth_run_renders_the_baseline_from_random_weights_and_keeps_it(
     tmp_path: Path, small_model: Path, small_lora: Path
 ):
     data = base_spec(small_model, small_lora)
-    # An evaluation needs real images (a counts source has none): a small manifest.
-    rows = ["path,label,split"]
+    # An evaluation needs real images (a counts source has none): a small manifest, whose
+    # captions (prompts: from_source) run past what CLIP encodes, as real reports do: the
+    # baseline cuts and records them like the run itself.
+    rows = ["path,label,split,caption"]
+    caption = "Chest x-ray. " + "Patchy opacity in the right lower lobe. " * 3
     for i, (label, split) in enumerate([("opacity", "train"), ("normal", "train")] * 2):
         Image.new("L", (8, 8), 40 * i).save(tmp_path / f"real-{i}.png")
-        rows.append(f"real-{i}.png,{label},{split}")
+        rows.append(f"real-{i}.png,{label},{split},{caption}")
     (tmp_path / "real.csv").write_text("\n".join(rows) + "\n")
     data["source"] = {"kind": "manifest", "path": "real.csv", "labels": ["opacity", "normal"]}
+    for cls in data["classes"].values():
+        cls["prompts"] = "from_source"
     data["eval"] = {"enabled": True, "untrained_baseline": 5}
     out = tmp_path / "out"
 
@@ -62,6 +67,9 @@ def test_synth_run_renders_the_baseline_from_random_weights_and_keeps_it(
 
     run(5)
     data_dir = out / "untrained" / "data"
+    for folder in (out / "data", data_dir):
+        prompts = set(pq.read_table(folder, columns=["prompt"]).column("prompt").to_pylist())
+        assert prompts and all(caption.startswith(p) and p != caption for p in prompts)
     assert sorted(p.name for p in data_dir.iterdir()) == [
         "train-00000-of-00002.parquet",
         "train-00001-of-00002.parquet",

@@ -53,10 +53,13 @@ def untrained_settings(
         build_untrained_model(spec.generator, spec.seed, folder)
     generator = spec.generator.model_copy(update={"model": str(folder), "vae": None})
     # No LoRA: an untrained model has no trained adapter, and a LoRA trained for the real
-    # weights would be meaningless on random ones.
+    # weights would be meaningless on random ones. The classes stay, for their prompt kind
+    # (listed or from_source), which decides what happens to a long prompt.
     return RenderSettings(
         generator=generator,
-        classes={},
+        classes={
+            label: cls.model_copy(update={"lora": None}) for label, cls in spec.classes.items()
+        },
         spec_sha256=untrained_sha256(run_sha256),
         created_at=created_at,
         image_format=spec.output.image_format,
