@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -60,6 +61,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
     import threading
     import time
 
+    import psutil
     import ray
     from ray.util.state import list_actors
 
@@ -68,8 +70,17 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
     data["compute"] = {"num_workers": 2}
     spec = load_spec(write_spec(tmp_path, data))
     out = tmp_path / "out"
-    # The engine reuses a Ray that is already up; this one has the dashboard, for the state API.
-    ray.init(include_dashboard=True, logging_level="ERROR")
+    # The engine reuses a Ray that is already up; this one has the dashboard, for the state API,
+    # on a port and in a temp dir of its own: other Ray instances on the machine (another
+    # test run, a user's) must neither be found nor touched.
+    port = _free_port()
+    ray.init(
+        address="local",  # a new instance, never a cluster `ray start` left running
+        include_dashboard=True,
+        dashboard_port=port,
+        _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),  # short: socket paths are capped
+        logging_level="ERROR",
+    )
     failures: list[BaseException] = []
 
     def run() -> None:
@@ -84,8 +95,14 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
         deadline = time.monotonic() + 120
         while not list((out / "data").glob("train-*")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        alive = list_actors(filters=[("class_name", "=", "_ShardWorker"), ("state", "=", "ALIVE")])
+        alive = list_actors(
+            address=f"http://127.0.0.1:{port}",
+            filters=[("class_name", "=", "_ShardWorker"), ("state", "=", "ALIVE")],
+        )
         assert alive, "no live worker to kill"
+        # Only ever a process this test's own Ray started (a descendant of this process).
+        ancestors = {p.pid for p in psutil.Process(alive[0].pid).parents()}
+        assert os.getpid() in ancestors, f"actor {alive[0].pid} is not of this test's Ray"
         os.kill(alive[0].pid, signal.SIGKILL)
         thread.join(timeout=300)
     finally:
@@ -144,3 +161,12 @@ def test_a_killed_driver_resumes_without_touching_finished_shards(
     assert not list((out / "data").glob(".tmp-*"))
     run = json.loads((out / "run.json").read_text())
     assert [i["status"] for i in run["invocations"]] == ["running", "complete"]
+
+
+def _free_port() -> int:
+    """A TCP port no one listens on now, on the loopback interface."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
