@@ -132,7 +132,9 @@ def _connect(compute: Compute) -> bool:
         # Ship this package to the cluster's workers, so they run the driver's exact code.
         options["runtime_env"] = {"py_modules": [os.path.dirname(synth.__file__)]}
     try:
-        ray.init(address=compute.ray_address, **options)
+        # No address means a Ray of this run's own ("local"): never a cluster that `ray start`
+        # or RAY_ADDRESS happens to leave on the machine, which Ray would otherwise join.
+        ray.init(address=compute.ray_address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SynthError(
             f"compute.ray_address {compute.ray_address!r}: cannot join the Ray cluster ({err}); "

@@ -152,7 +152,7 @@ def test_a_cluster_with_no_room_for_a_worker_stops_with_an_error_instead_of_hang
     data["compute"] = {"num_workers": 1, "worker_start_timeout_s": 3}
     spec = load_spec(write_spec(tmp_path, data))
     # One CPU, held by another job: the run's CPU worker can never be placed.
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
 
         @ray.remote(num_cpus=1)
