@@ -194,8 +194,13 @@ def _run(args: argparse.Namespace) -> None:
         from eval.evaluate import check_can_evaluate
 
         check_can_evaluate(spec)  # before generating: a refusal after hours of GPU time is late
-    _announce(spec)
-    summary = run_spec(spec, args.out, overwrite=args.overwrite, in_process=args.in_process)
+    summary = run_spec(
+        spec,
+        args.out,
+        overwrite=args.overwrite,
+        in_process=args.in_process,
+        on_plan=lambda plan: _announce(spec, plan),
+    )
     if summary.shards_written == 0:
         print(f"{summary.out_dir}: nothing to do; all {summary.shards_total} shard(s) complete")
     else:
@@ -208,13 +213,10 @@ def _run(args: argparse.Namespace) -> None:
         _report_eval(spec, summary.out_dir)
 
 
-def _announce(spec) -> None:
+def _announce(spec, plan) -> None:
     """The plan's size and estimated cost, before anything starts."""
-    from synth.plan import plan_for_spec
-    from synth.sources import real_counts
     from synth.throughput import describe_cost
 
-    plan = plan_for_spec(spec, real_counts(spec))
     print(f"{spec.name}: {plan.total_synthetic:,} synthetic images in {plan.num_shards} shard(s)")
     print("\n".join(describe_cost(spec, plan.total_synthetic)), flush=True)
 

@@ -103,7 +103,7 @@ def check_spec_files(spec: Spec, plan: Plan) -> None:
     check_model_reference(spec.generator.model)
     model = Path(spec.generator.model)
     if model.is_dir():
-        check_prompts(spec, plan, load_tokenizers(model))
+        check_prompts(spec, plan, model)
     if spec.generator.vae:
         check_model_reference(spec.generator.vae, "generator.vae")
     for label, cls in spec.classes.items():
@@ -134,13 +134,18 @@ def check_output_folder(out: Path) -> None:
             )
 
 
-def check_prompts(spec: Spec, plan: Plan, tokenizers: list) -> None:
-    """Every planned prompt and negative prompt under the class's long-prompt policy."""
+def check_prompts(spec: Spec, plan: Plan, model: Path) -> None:
+    """Every planned prompt and negative prompt of the classes whose long-prompt policy is
+    `error`; the model's tokenizers load only when some class needs them."""
+    refusing = []
     for cls in plan.classes:
         prompts = spec.classes[cls.label].prompts if cls.label in spec.classes else []
-        policy = spec.generator.long_prompt_policy(prompts)
-        if policy == "truncate" or cls.synthetic == 0:
-            continue  # nothing to refuse: long prompts are recorded as encoded
+        # Under truncate nothing is refused: long prompts are recorded as encoded.
+        if spec.generator.long_prompt_policy(prompts) == "error" and cls.synthetic > 0:
+            refusing.append((cls, prompts))
+    tokenizers = load_tokenizers(model) if refusing else []
+    for cls, prompts in refusing:
+        policy = "error"
         for n, prompt in enumerate(cls.prompts):
             where = (
                 f"classes.{cls.label}.prompts[{n}]"

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,12 +90,16 @@ def run_spec(
     overwrite: bool = False,
     in_process: bool = False,
     show_progress: bool = True,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> RunSummary:
-    """Generate every planned image that the output folder does not already hold."""
+    """Generate every planned image that the output folder does not already hold; `on_plan`
+    sees the plan before anything is checked or written."""
     started = time.perf_counter()
     out = Path(out_dir or spec.output.dir).resolve()
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
     plan = plan_for_spec(spec, real_counts(spec))
+    if on_plan:
+        on_plan(plan)
     too_large = size_problem(plan, spec.run.max_images)
     if too_large:
         raise PlanError(f"{too_large}; nothing was written")
