@@ -58,7 +58,7 @@ def load_gray(source: Path | bytes) -> Image.Image:
     with _open(source) as image:
         image.load()
         if image.mode in _SIXTEEN_BIT_MODES:
-            pixels = np.asarray(image, dtype=np.float64)
+            pixels = np.nan_to_num(np.asarray(image, dtype=np.float64))  # NaN in float images
             low = pixels.min()
             span = pixels.max() - low or 1.0
             return Image.fromarray(((pixels - low) / span * 255).round().astype(np.uint8))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -131,15 +133,24 @@ def _connect(compute: Compute) -> bool:
 
         # Ship this package to the cluster's workers, so they run the driver's exact code.
         options["runtime_env"] = {"py_modules": [os.path.dirname(synth.__file__)]}
+    # ray.init replaces SIGTERM's handler with a plain exit; synth's own (a clean stop, as
+    # for Ctrl-C) is put back.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     try:
         # No address means a Ray of this run's own ("local"): never a cluster that `ray start`
         # or RAY_ADDRESS happens to leave on the machine, which Ray would otherwise join.
         ray.init(address=compute.ray_address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        if compute.ray_address is None:
+            raise SynthError(f"cannot start a local Ray ({err})") from None
         raise SynthError(
             f"compute.ray_address {compute.ray_address!r}: cannot join the Ray cluster ({err}); "
             "check the address, or set it to null for a local Ray"
         ) from None
+    finally:
+        if on_main_thread and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return True
 
 

@@ -144,6 +144,8 @@ def check_prompts(spec: Spec, plan: Plan, model: Path) -> None:
         if spec.generator.long_prompt_policy(prompts) == "error" and cls.synthetic > 0:
             refusing.append((cls, prompts))
     tokenizers = load_tokenizers(model) if refusing else []
+    if not tokenizers:
+        return  # a folder without tokenizer/ (config.json only): the worker checks instead
     for cls, prompts in refusing:
         policy = "error"
         for n, prompt in enumerate(cls.prompts):

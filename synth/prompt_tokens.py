@@ -70,6 +70,8 @@ def fit_prompt(
     where: str,
 ) -> str:
     """The text to record for a prompt under the long-prompt policy; `where` names it."""
+    if not tokenizers:
+        return text  # a pipeline without tokenizers encodes no text to count
     kept, length, room = encoded_prompt(text, tokenizers)
     if length <= room:
         return text

@@ -465,6 +465,8 @@ class _SpecLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, str] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` merges a mapping; its keys may be overridden
             key = self.construct_object(key_node, deep=deep)
             mark = key_node.start_mark
             where = f"{mark.line + 1}:{mark.column + 1}"

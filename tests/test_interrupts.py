@@ -188,16 +188,21 @@ def test_a_shard_deleted_during_the_run_fails_it_instead_of_calling_it_complete(
     assert _content(out) == uninterrupted
 
 
-@pytest.mark.parametrize(("sent", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("sent", "exit_code", "in_process"),
+    [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)],
+)
 def test_a_signal_to_synth_run_stops_it_cleanly_and_the_rerun_completes(
-    tmp_path, small_model, small_lora, sent, exit_code
+    tmp_path, small_model, small_lora, sent, exit_code, in_process
 ):
+    """In process, and through local Ray, whose start replaces SIGTERM's handler."""
     data = base_spec(small_model, small_lora)
     data["target"] = {"synthetic": {"opacity": 60, "normal": 20}}
     data["output"]["dir"] = "out"
     spec = write_spec(tmp_path, data)
     out = tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec), "--in-process"]
+    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec)]
+    command += ["--in-process"] if in_process else []
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(list((out / "data").glob("train-*"))) < 2 and time.monotonic() < deadline:

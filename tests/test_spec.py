@@ -195,3 +195,10 @@ def test_a_union_member_name_never_reaches_the_message():
     message = str(err.value)
     assert "constrained" not in message and "target.total: " in message
     assert "greater than 0" in message and "'auto'" in message
+
+
+def test_yaml_merge_keys_still_work_and_may_be_overridden():
+    text = "defaults: &defaults {steps: 3, height: 32}\nmerged: {<<: *defaults, steps: 5}\n"
+    from synth.spec import _load_yaml
+
+    assert _load_yaml(text, "<spec>")["merged"] == {"steps": 5, "height": 32}
