@@ -173,6 +173,9 @@ class FastPath(StrictModel):
     vae_decode: Literal["batched", "sliced", "tiled"] = "batched"
 
 
+LongPromptPolicy = Literal["error", "truncate", "chunk"]
+
+
 class Generator(StrictModel):
     """The diffusers pipeline and how it samples. Every field here but batch_size and fast_path
     changes the images."""
@@ -189,11 +192,12 @@ class Generator(StrictModel):
     fast_path: FastPath = Field(default_factory=FastPath)
     # A prompt past what CLIP encodes (77 tokens with start and end): "error" refuses it,
     # naming the prompt and its count; "truncate" cuts it after the last whole word that fits
-    # and renders and records the cut text. Unset: error for listed prompts, truncate for
+    # and renders and records the cut text; "chunk" encodes the whole text in 77-token windows
+    # (compel) and records it whole. Unset: error for listed prompts, truncate for
     # prompts: from_source (real captions, many of them long).
-    long_prompts: Literal["error", "truncate"] | None = None
+    long_prompts: LongPromptPolicy | None = None
 
-    def long_prompt_policy(self, prompts: object) -> Literal["error", "truncate"]:
+    def long_prompt_policy(self, prompts: object) -> LongPromptPolicy:
         """What happens to a long prompt of a class whose `prompts` are these."""
         if self.long_prompts is not None:
             return self.long_prompts

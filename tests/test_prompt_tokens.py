@@ -4,17 +4,20 @@ validation (a local model's tokenizers) and in the worker that renders them."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from synth.cli import main
 from synth.errors import SpecError
+from synth.plan import ClassPlan, Plan
 from synth.prompt_tokens import encoded_prompt, fit_prompt, load_tokenizers
 from synth.run import run_spec
-from synth.spec import FROM_SOURCE, Generator, load_spec
+from synth.spec import FROM_SOURCE, ClassSpec, Generator, load_spec
 from tests.conftest import base_spec, write_spec
 
 SHORT = "Chest x-ray. Lung opacity."
@@ -58,8 +61,9 @@ def test_validate_names_a_long_prompt_and_its_count_unless_truncation_is_asked_f
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "classes.opacity.prompts[1]" in error
     assert "tokens, past the 75 that CLIP encodes" in error
-    data["generator"]["long_prompts"] = "truncate"
-    assert main(["validate", str(write_spec(tmp_path, data))]) == 0
+    for policy in ("truncate", "chunk"):
+        data["generator"]["long_prompts"] = policy
+        assert main(["validate", str(write_spec(tmp_path, data))]) == 0
 
 
 @pytest.mark.slow
@@ -82,3 +86,69 @@ def test_prompts_that_differ_only_past_what_clip_encodes_are_recorded_as_encoded
     assert first["prompt"] == second["prompt"] and LONG.startswith(first["prompt"])
     pixels = [np.asarray(Image.open(io.BytesIO(r["image"]["bytes"]))) for r in rows]
     assert np.array_equal(*pixels)  # the same picture (the PNG text differs: the spec digest)
+
+
+def test_chunk_encodes_each_window_as_sdxl_does_and_records_the_whole_prompt(small_model):
+    """compel's provider, set up as the engine sets it, gives a prompt that fits exactly
+    diffusers' own SDXL encoding; a long one takes two windows of the same width."""
+    from synth.generate.long_prompts import LongPromptEncoder
+    from synth.generate.pipeline import SampleGenerator
+
+    generator = Generator(model=str(small_model), dtype="float32", steps=2, height=32, width=32,
+                          long_prompts="chunk")  # fmt: skip
+    engine = SampleGenerator(generator, {"opacity": ClassSpec(prompts=[LONG])})
+    encoder = LongPromptEncoder(engine.pipeline)
+    with torch.inference_mode():
+        embeds, _, pooled, _ = engine.pipeline.encode_prompt(
+            SHORT, device=engine.device, do_classifier_free_guidance=False
+        )
+    short = encoder.encode(SHORT)
+    assert short.windows == 1
+    assert torch.equal(short.embeds, embeds) and torch.equal(short.pooled, pooled)
+    long = encoder.encode(LONG)
+    assert long.windows == 2 and long.embeds.shape == (1, 154, embeds.shape[-1])
+    sample = _sample(LONG)
+    assert engine.recorded(sample).prompt == LONG  # kept whole, not cut
+    args = encoder.conditioning([LONG, LONG], ["", ""])
+    assert (
+        args["prompt_embeds"].shape
+        == args["negative_prompt_embeds"].shape
+        == (2, 154, embeds.shape[-1])
+    )
+
+
+@pytest.mark.slow
+def test_chunked_prompts_that_differ_only_past_77_tokens_make_different_images(small_model):
+    """The issue's failure under chunk: the words past CLIP's window now reach the image; a
+    prompt that fits renders the same bytes as without chunking; a long prompt's image does
+    not depend on the short prompts beside it in its batch."""
+    from synth.generate.pipeline import SampleGenerator
+
+    def render(policy, prompts):
+        generator = Generator(model=str(small_model), dtype="float32", steps=3, height=32,
+                              width=32, batch_size=4, guidance_scale=30, long_prompts=policy)  # fmt: skip
+        engine = SampleGenerator(generator, {"opacity": ClassSpec(prompts=[SHORT])})
+        images = engine.render([_sample(p, n) for n, p in enumerate(prompts)])
+        return [np.asarray(r.image) for r in images]
+
+    first, second = LONG + "Small effusion noted.", LONG + "No effusion seen at all."
+    chunked = render("chunk", [first, second, SHORT, SHORT])
+    # The small random-weight model listens to text only weakly (a high guidance scale makes
+    # it louder), but deterministically: any difference is the text's.
+    difference = np.abs(chunked[0].astype(int) - chunked[1])
+    assert difference.max() > 1
+    truncated = render("truncate", [first, second, SHORT, SHORT])
+    assert np.array_equal(truncated[0], truncated[1])  # what chunk fixes
+    # Same-sized calls (CPU kernels for batches under 4 differ by a level; see
+    # test_batch_size_does_not_change_the_images), so bytes must match exactly.
+    plain = render("error", [SHORT, SHORT])
+    assert np.array_equal(chunked[2], plain[0]) and np.array_equal(chunked[3], plain[1])
+    alone = render("chunk", [first, second])
+    assert np.array_equal(alone[0], chunked[0]) and np.array_equal(alone[1], chunked[1])
+
+
+def _sample(prompt: str, n: int = 0):
+    """A sample of this prompt; every n has the same seed, so only the prompt differs."""
+    cls = ClassPlan("opacity", 0, 1, 1, (prompt,), "")
+    sample = Plan(seed=7, classes=(cls,), shard_size=1).samples_in_shard(0)[0]
+    return replace(sample, sample_id=f"opacity-{n:06d}", index=n)

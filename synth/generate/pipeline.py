@@ -30,9 +30,10 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
 from synth.errors import GenerationError, ModelError
+from synth.generate.long_prompts import LongPromptEncoder
 from synth.plan import PlannedSample, retry_seed
 from synth.preflight import check_model_reference, file_sha256, resolve_lora_file
-from synth.prompt_tokens import fit_prompt
+from synth.prompt_tokens import fit_prompt, fits
 from synth.spec import ClassSpec, FastPath, Generator
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class SampleGenerator:
             t for t in (self.pipeline.tokenizer, self.pipeline.tokenizer_2) if t is not None
         ]
         self._recorded_prompts: dict[tuple[str, str], str] = {}
+        self._long_prompts: LongPromptEncoder | None = None  # built when a prompt needs it
 
     @property
     def device_name(self) -> str:
@@ -147,10 +149,9 @@ class SampleGenerator:
 
     def recorded(self, sample: PlannedSample) -> PlannedSample:
         """The sample with the prompts that are rendered and recorded: a prompt past what CLIP
-        encodes is refused or cut after its last whole word that fits, by the class's
-        long-prompt policy."""
-        cls = self.classes.get(sample.label)
-        policy = self.settings.long_prompt_policy(cls.prompts if cls else [])
+        encodes is refused, cut after its last whole word that fits, or kept whole (chunk), by
+        the class's long-prompt policy."""
+        policy = self._policy(sample.label)
         return replace(
             sample,
             prompt=self._fit(sample.prompt, policy, f"classes.{sample.label} prompt"),
@@ -158,6 +159,22 @@ class SampleGenerator:
                 sample.negative_prompt, policy, f"classes.{sample.label}.negative_prompt"
             ),
         )
+
+    def _policy(self, label: str) -> str:
+        cls = self.classes.get(label)
+        return self.settings.long_prompt_policy(cls.prompts if cls else [])
+
+    def _windows(self, sample: PlannedSample) -> int:
+        """1 when plain diffusers encodes the sample's prompts whole; else how many 77-token
+        windows chunking takes (only under long_prompts: chunk; the others cut or refuse)."""
+        texts = (sample.prompt, sample.negative_prompt)
+        if self._policy(sample.label) != "chunk" or not self.tokenizers:
+            return 1
+        if all(fits(t, self.tokenizers) for t in texts):
+            return 1
+        if self._long_prompts is None:
+            self._long_prompts = LongPromptEncoder(self.pipeline)
+        return self._long_prompts.windows(*texts)
 
     def _fit(self, text: str, policy: str, where: str) -> str:
         if (text, policy) not in self._recorded_prompts:
@@ -196,12 +213,29 @@ class SampleGenerator:
         )
 
     def _call_pipeline(self, samples: list[PlannedSample], seeds: list[int]) -> np.ndarray:
+        """One pipeline call per window count (one call unless chunked prompts are in the
+        batch), so the conditioning of a sample never depends on its batch neighbours."""
+        windows = [self._windows(sample) for sample in samples]
+        pixels: list[np.ndarray | None] = [None] * len(samples)
+        for count in sorted(set(windows)):
+            where = [i for i, w in enumerate(windows) if w == count]
+            group = [samples[i] for i in where]
+            prompts, negatives = [s.prompt for s in group], [s.negative_prompt for s in group]
+            text = (
+                {"prompt": prompts, "negative_prompt": negatives}
+                if count == 1
+                else self._long_prompts.conditioning(prompts, negatives)
+            )
+            for i, image in zip(where, self._denoise(text, [seeds[i] for i in where]), strict=True):
+                pixels[i] = image
+        return np.stack(pixels)
+
+    def _denoise(self, text: dict, seeds: list[int]) -> np.ndarray:
         # One torch.Generator per sample: each sample's noise depends on its seed alone.
         generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
         with torch.inference_mode(), _out_of_memory_advice(self.settings):
             output = self.pipeline(
-                prompt=[s.prompt for s in samples],
-                negative_prompt=[s.negative_prompt for s in samples],
+                **text,
                 generator=generators,
                 num_inference_steps=self.settings.steps,
                 guidance_scale=self.settings.guidance_scale,

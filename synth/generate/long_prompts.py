@@ -1,0 +1,82 @@
+"""Prompts past CLIP's 77 tokens, encoded whole (`generator.long_prompts: chunk`).
+
+compel's embeddings provider splits a prompt into 77-token windows, each with its own start
+and end tokens and cut at a sentence end where one fits, and encodes every window with both
+SDXL text encoders (penultimate hidden states, as SDXL does). The windows are concatenated
+along the sequence, so the UNet's cross-attention sees every word. The pooled embedding comes
+from the first 77 tokens of the second encoder, as in plain SDXL.
+
+A prompt goes to compel as one fragment of weight 1: compel's weighting syntax is never parsed,
+so brackets, '+' and '-' in real captions stay text. A sample's prompt and negative prompt are
+padded to the same number of windows with the empty prompt's encoding (compel's own padding);
+samples are grouped by that number, so an image never depends on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text's encoding: [1, 77 * windows, 2048] token embeddings and the [1, 1280] pooled."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    windows: int
+
+
+class LongPromptEncoder:
+    """Encodes texts of any length with the pipeline's own tokenizers and text encoders."""
+
+    def __init__(self, pipeline: StableDiffusionXLPipeline) -> None:
+        from compel.embeddings_provider import EmbeddingsProviderMulti, ReturnedEmbeddingsType
+
+        self.device = pipeline.text_encoder_2.device
+        self.window = pipeline.tokenizer.model_max_length  # 77 tokens, start and end included
+        self.provider = EmbeddingsProviderMulti(
+            tokenizers=[pipeline.tokenizer, pipeline.tokenizer_2],
+            text_encoders=[pipeline.text_encoder, pipeline.text_encoder_2],
+            truncate=False,
+            returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            requires_pooled_mask=[False, True],
+        )
+        self._encoded: dict[str, Encoded] = {}
+
+    def encode(self, text: str) -> Encoded:
+        if text not in self._encoded:
+            with torch.inference_mode():
+                embeds = self.provider.get_embeddings_for_weighted_prompt_fragments(
+                    text_batch=[[text]], fragment_weights_batch=[[1.0]], device=self.device
+                )
+                pooled = self.provider.get_pooled_embeddings([text], device=self.device)
+            self._encoded[text] = Encoded(embeds, pooled, embeds.shape[1] // self.window)
+        return self._encoded[text]
+
+    def windows(self, prompt: str, negative_prompt: str) -> int:
+        """How many 77-token windows this sample's conditioning takes."""
+        return max(self.encode(prompt).windows, self.encode(negative_prompt).windows)
+
+    def conditioning(
+        self, prompts: list[str], negative_prompts: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """The pipeline's embedding arguments for a batch whose samples all take the same
+        number of windows."""
+        pairs = list(zip(prompts, negative_prompts, strict=True))
+        windows = {self.windows(p, n) for p, n in pairs}
+        if len(windows) != 1:
+            raise ValueError(f"one batch, one window count; got {sorted(windows)}")
+        (count,) = windows
+        return {
+            "prompt_embeds": torch.cat([self._padded(p, count) for p, _ in pairs]),
+            "pooled_prompt_embeds": torch.cat([self.encode(p).pooled for p, _ in pairs]),
+            "negative_prompt_embeds": torch.cat([self._padded(n, count) for _, n in pairs]),
+            "negative_pooled_prompt_embeds": torch.cat([self.encode(n).pooled for _, n in pairs]),
+        }
+
+    def _padded(self, text: str, windows: int) -> torch.Tensor:
+        encoded, empty = self.encode(text), self.encode("")
+        return torch.cat([encoded.embeds, *[empty.embeds] * (windows - encoded.windows)], dim=1)
