@@ -35,23 +35,32 @@ SpecPath = Annotated[Path, Field(strict=False)]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # Each field's docstring is its description in `synth schema`, which editors show.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
 
 
 class ManifestSource(StrictModel):
     """Real images listed in a CSV or Parquet file with columns path,label[,split]."""
 
     kind: Literal["manifest"]
+    """manifest: a CSV or Parquet file listing the real images."""
     path: SpecPath
+    """The manifest file, relative to the spec's folder; image paths in it are relative to it."""
     labels: list[LabelName] = Field(min_length=1)
+    """The classes considered, in this order; rows with other labels are ignored and counted."""
 
 
 class CountsSource(StrictModel):
     """Real class counts given directly: plan and generate without any real images."""
 
     kind: Literal["counts"]
+    """counts: real class counts given directly, with no images."""
     counts: dict[LabelName, Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    """Real images per class, for example {opacity: 445, normal: 500}."""
     labels: list[LabelName] | None = None
+    """The classes in this order; default: the order of counts."""
 
     @model_validator(mode="after")
     def _labels_match_counts(self) -> CountsSource:
@@ -67,29 +76,44 @@ class LabelRuleSpec(StrictModel):
     """A task label's rule over MeSH headings; terms match whole words, never substrings."""
 
     any_of: list[str] = []
+    """The label applies when a MeSH heading is one of these."""
     none_of: list[str] = []
+    """...and no heading is one of these (confounders)."""
     max_headings: Annotated[int, Field(ge=1)] | None = None
+    """...and the study has at most this many headings."""
     exactly: list[str] | None = None
+    """The label applies when the headings are exactly these (normal: [normal])."""
 
 
 class SplitSpec(StrictModel):
     """Patient-level, label-stratified split fractions and their seed."""
 
     seed: int = 0
+    """Seed of the patient-level split."""
     val: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    """Fraction of patients in the validation split."""
     test: Annotated[float, Field(ge=0, le=0.5)] = 0.2
+    """Fraction of patients in the test split."""
 
 
 class IUXraySource(StrictModel):
     """The Indiana University chest X-ray collection, Kaggle or Open-i layout."""
 
     kind: Literal["iu_xray"]
+    """iu_xray: the Indiana University collection (Kaggle or Open-i layout)."""
     path: SpecPath
+    """The unpacked download, relative to the spec's folder."""
     labels: list[LabelName] = Field(min_length=1)
-    rules: dict[LabelName, LabelRuleSpec] = {}  # defaults exist for normal and opacity
+    """The classes considered, in this order."""
+    rules: dict[LabelName, LabelRuleSpec] = {}
+    """Label rules over MeSH headings; defaults exist for normal and opacity."""
     split: SplitSpec = SplitSpec()
-    projections: SpecPath | None = None  # a CSV of image_id,projection that decides first
-    metadata: SpecPath | None = None  # the NLMCXR DICOM metadata table (Open-i layout)
+    """How patients are split into train, val and test."""
+    projections: SpecPath | None = None
+    """A CSV of image_id,projection that decides frontal/lateral before any rule."""
+    metadata: SpecPath | None = None
+    """The NLMCXR DICOM metadata table (Open-i layout); default: the folder's, or
+    torchxrayvision's copy."""
 
     @model_validator(mode="after")
     def _every_label_has_a_rule(self) -> IUXraySource:
@@ -111,13 +135,21 @@ class PhantomSource(StrictModel):
     """Procedural chest-radiograph phantoms that synth draws itself (rare opacity)."""
 
     kind: Literal["phantom"]
-    path: SpecPath  # the folder the phantom is drawn into on first use, then reused
+    """phantom: chest-radiograph phantoms synth draws itself (offline quickstart)."""
+    path: SpecPath
+    """The folder the phantom is drawn into on first use, then reused while the settings match."""
     count: Annotated[int, Field(ge=20, le=1_000_000)]
+    """Images drawn in all."""
     image_size: Annotated[int, Field(ge=32, le=1024, multiple_of=8)] = 64
+    """Side of each square image in pixels (a multiple of 8)."""
     opacity_prevalence: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    difficulty: Annotated[float, Field(ge=0, le=1)] = 0.5  # 1 = faintest, smallest densities
+    """Share of opacity images: exactly round(count x prevalence)."""
+    difficulty: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """0..1: higher is fainter, smaller densities."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    """Seed of the drawing."""
     split: SplitSpec = SplitSpec()
+    """How images are split into train, val and test."""
 
     @property
     def labels(self) -> list[str]:
@@ -134,8 +166,12 @@ class Target(StrictModel):
     """Either a label distribution (with a total) or explicit synthetic counts per class."""
 
     distribution: dict[LabelName, Annotated[float, Field(ge=0, le=1)]] | None = None
+    """Wanted share of each class in real + synthetic (sums to 1); give with total."""
     total: Annotated[int, Field(gt=0)] | Literal["auto"] | None = None
+    """Images in all after generation; auto: the smallest total that reaches the distribution
+    without dropping real images."""
     synthetic: dict[LabelName, Annotated[int, Field(ge=0)]] | None = None
+    """Explicit synthetic images per class (instead of distribution)."""
 
     @model_validator(mode="after")
     def _exactly_one_mode(self) -> Target:
@@ -164,13 +200,17 @@ class FastPath(StrictModel):
     tolerance of the plain path (docs/performance.md has the measurements); like batch_size
     they are left out of the run's identity, except vae_decode: tiled, which changes images."""
 
-    attention: Literal["sdpa", "classic"] = "sdpa"  # torch's fused attention, or diffusers' math
-    channels_last: bool = True  # UNet and VAE convolutions in NHWC memory layout
-    fuse_qkv: bool = True  # one QKV matmul per attention; skipped while a class has a LoRA
-    compile_unet: bool = False  # torch.compile: faster steps after minutes of compiling
-    # batched: all images at once; sliced: one at a time (less memory, same images);
-    # tiled: overlapping tiles (least memory; seams are blended, so images change slightly).
+    attention: Literal["sdpa", "classic"] = "sdpa"
+    """sdpa: torch's fused attention; classic: diffusers' math."""
+    channels_last: bool = True
+    """UNet and VAE convolutions in NHWC memory layout."""
+    fuse_qkv: bool = True
+    """One QKV matmul per attention; skipped while a class has a LoRA."""
+    compile_unet: bool = False
+    """torch.compile the UNet: faster steps after minutes of compiling."""
     vae_decode: Literal["batched", "sliced", "tiled"] = "batched"
+    """batched: all images at once; sliced: one at a time (less memory, same images); tiled:
+    overlapping tiles (least memory; images change slightly)."""
 
 
 LongPromptPolicy = Literal["error", "truncate", "chunk"]
@@ -181,21 +221,29 @@ class Generator(StrictModel):
     changes the images."""
 
     model: str
+    """A hub id or a local diffusers folder (relative to the spec's folder)."""
     vae: str | None = None
+    """An optional VAE override: hub id or local folder."""
     dtype: DtypeName = "float16"
+    """float32 | float16 | bfloat16 (float16 falls back to float32 on CPU)."""
     scheduler: SchedulerName = "euler"
+    """The sampler."""
     steps: Annotated[int, Field(ge=1, le=1000)] = 30
+    """Denoising steps per image."""
     guidance_scale: Annotated[float, Field(ge=0, le=50)] = 7.0
+    """Classifier-free guidance scale."""
     height: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
+    """Image height in pixels, a multiple of 8."""
     width: Annotated[int, Field(ge=8, le=8192, multiple_of=8)] = 1024
+    """Image width in pixels, a multiple of 8."""
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Images per pipeline call (does not change the images)."""
     fast_path: FastPath = Field(default_factory=FastPath)
-    # A prompt past what CLIP encodes (77 tokens with start and end): "error" refuses it,
-    # naming the prompt and its count; "truncate" cuts it after the last whole word that fits
-    # and renders and records the cut text; "chunk" encodes the whole text in 77-token windows
-    # (compel) and records it whole. Unset: error for listed prompts, truncate for
-    # prompts: from_source (real captions, many of them long).
+    """Speed options (do not change the images, except vae_decode: tiled)."""
     long_prompts: LongPromptPolicy | None = None
+    """A prompt past the 77 tokens CLIP encodes: error refuses it; truncate cuts it after the
+    last whole word that fits and records the cut text; chunk encodes it whole in 77-token
+    windows. Unset: error for listed prompts, truncate for from_source."""
 
     def long_prompt_policy(self, prompts: object) -> LongPromptPolicy:
         """What happens to a long prompt of a class whose `prompts` are these."""
@@ -208,86 +256,131 @@ class Lora(StrictModel):
     """A LoRA adapter: a .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
 
     path: SpecPath
+    """A .safetensors file, or a folder holding pytorch_lora_weights.safetensors, relative to
+    the spec's folder."""
     scale: Annotated[float, Field(ge=0, le=2)] = 1.0
+    """LoRA strength, 0..2 (0 = no effect)."""
 
 
 FROM_SOURCE = "from_source"
 
 
 class ClassSpec(StrictModel):
-    # A list, or "from_source": the class's real training captions, sampled per seed.
+    """One class: what is prompted and which LoRA renders it."""
+
     prompts: list[Annotated[str, Field(min_length=1)]] | Literal["from_source"] = Field(
         min_length=1
     )
+    """Prompts, one chosen per sample from its seed; or from_source: the class's real training
+    captions."""
     negative_prompt: str = ""
+    """The negative prompt for every sample of the class."""
     lora: Lora | None = None
+    """The class's LoRA adapter; none: the base model."""
 
 
 class Compute(StrictModel):
+    """Where generation runs: a Ray of the run's own, or a cluster."""
+
     ray_address: str | None = None
+    """null: start a Ray of the run's own; auto or ray://host:10001: join that cluster."""
     num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    """auto: one worker per GPU, or one on a machine without a GPU."""
     gpus_per_worker: Annotated[float, Field(gt=0)] = 1
-    # How long the run waits for a first worker to be placed (a GPU, a CPU to free up on a
-    # busy cluster, a node to join) before it stops with an error instead of hanging.
+    """GPUs each generation worker holds (fractions share a GPU)."""
     worker_start_timeout_s: Annotated[float, Field(gt=0)] = 600
+    """How long the run waits for a first worker to be placed (a GPU, a CPU to free up, a node
+    to join) before it stops with an error instead of hanging."""
 
 
 class Output(StrictModel):
+    """The dataset written: Hugging Face-layout Parquet shards."""
+
     dir: SpecPath | None = None
+    """The run folder; default: runs/<name> next to the spec."""
     shard_size: Annotated[int, Field(ge=1)] = 256
+    """Rows per Parquet shard."""
     image_format: Literal["png", "webp", "jpeg"] = "png"
+    """png | webp (lossless) | jpeg (quality 95)."""
 
 
 class RunLimits(StrictModel):
     """Limits that keep a mistyped spec from starting an absurd run."""
 
-    # `synth run` refuses a plan past this many synthetic images, and validate and plan warn:
-    # a tiny proportion with total: auto can plan billions. Raise it for a run truly that big.
     max_images: Annotated[int, Field(ge=1)] = 10_000_000
+    """synth run refuses a plan past this many synthetic images, and validate and plan warn: a
+    tiny proportion with total: auto can plan billions."""
 
 
 class EvalSpec(StrictModel):
     """The evaluation: a CNN trained on real vs real+synthetic mixes, scored on real test data."""
 
     enabled: bool = False
+    """Evaluate after generating (needs a source with real images and splits)."""
     classifier: Literal["resnet18", "resnet50", "densenet121", "efficientnet_b0"] = "resnet18"
+    """The CNN trained for every arm."""
     image_size: Annotated[int, Field(ge=16, le=1024)] = 224
+    """Side of the square the classifier sees."""
     epochs: Annotated[int, Field(ge=1)] = 20
+    """Most training epochs per classifier."""
     batch_size: Annotated[int, Field(ge=1)] = 32
+    """Classifier training batch size."""
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    """Classifier learning rate."""
     patience: Annotated[int, Field(ge=1)] = 5
+    """Epochs without a better validation AUC before training stops."""
     class_weighted: bool = True
+    """Weight the loss by inverse class frequency."""
     repeats: Annotated[int, Field(ge=1, le=100)] = 3
+    """Trainings per arm, with different seeds."""
     synthetic_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
         default=[0.25, 0.5, 1.0], min_length=1
     )
+    """Shares of the synthetic images added in the real+synthetic arms."""
     fid: list[Literal["inception", "classifier"]] = ["inception", "classifier"]
-    inception_weights: SpecPath | None = None  # local FID Inception weights (no hub here)
+    """Feature extractors for FID: inception (needs local weights) and/or classifier."""
+    inception_weights: SpecPath | None = None
+    """Local FID Inception weights (no hub download)."""
     bootstrap: Annotated[int, Field(ge=50, le=100_000)] = 1000
+    """Bootstrap resamples for the confidence intervals."""
     memorization_threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
-    # A LoRA without synth's training.json cannot be shown to have skipped the test split.
+    """Cosine similarity to a real train image at which a synthetic image counts as memorised."""
     allow_unverified_lora: bool = False
-    # An unreadable real image: skipped and counted in the report, or an error naming it.
+    """Evaluate with a LoRA that has no synth training.json (which would show it never saw the
+    test split)."""
     unreadable_images: Literal["skip", "error"] = "skip"
-    # Images rendered by a random-weight copy of generator.model (0 = none): their FID against
-    # real is the yardstick the synthetic FID is judged by (the bar: at most half of it).
+    """An unreadable real image: skip (counted in the report) or error (naming it)."""
     untrained_baseline: Annotated[int, Field(ge=0, le=100_000)] = 0
-    # "auto": classifiers train under bf16 autocast where the device computes bf16 natively
-    # (GPUs; CPUs with AVX-512 BF16 or AMX), float32 elsewhere. "float32" always.
+    """Images rendered by a random-weight copy of generator.model (0 = none), whose FID is the
+    yardstick the synthetic FID is judged by."""
     precision: Literal["auto", "float32"] = "auto"
+    """auto: bf16 autocast where the device computes bf16 natively; float32: always."""
 
 
 class Spec(StrictModel):
+    """A synth spec: the real data, the target label distribution, and how each class is
+    generated. `synth run SPEC` plans, generates, writes shards and (with eval) evaluates."""
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+    """The run's name (letters, digits, _ . -)."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    """The master seed; every sample's seed derives from it."""
     source: Source
+    """The real data whose label distribution is being fixed."""
     target: Target
+    """Exactly one of distribution (+ total) or synthetic."""
     generator: Generator
+    """The diffusers pipeline and how it samples."""
     classes: dict[LabelName, ClassSpec] = Field(min_length=1)
+    """Per class: prompts, negative prompt and LoRA."""
     compute: Compute = Compute()
+    """Where generation runs."""
     output: Output = Output()
+    """Where and how the dataset is written."""
     run: RunLimits = RunLimits()
+    """The largest plan synth run accepts."""
     eval: EvalSpec = EvalSpec()
+    """The evaluation of the synthetic images."""
 
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> Spec:

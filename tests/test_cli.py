@@ -44,6 +44,22 @@ def test_validate_and_schema(tmp_path: Path, small_model: Path, capsys):
     assert {"name", "seed", "source", "target", "generator", "classes"} <= set(schema["properties"])
 
 
+def test_every_key_in_the_schema_has_a_description_for_editors(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    models = {"Spec": schema, **schema["$defs"]}
+    undescribed = [
+        f"{model}.{key}"
+        for model, definition in models.items()
+        for key, field in definition.get("properties", {}).items()
+        if not field.get("description", "").strip()
+    ]
+    assert not undescribed
+    assert len(models) >= 10 and all(d.get("description") for d in models.values())
+    long_prompts = schema["$defs"]["Generator"]["properties"]["long_prompts"]["description"]
+    assert "chunk" in long_prompts and "77" in long_prompts
+
+
 def test_a_bad_spec_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys):
     data = base_spec(tmp_path / "m")
     data["generator"]["stepss"] = 3
