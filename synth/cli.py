@@ -26,7 +26,8 @@ example:
 exit codes: 0 done; 1 a run failed (re-run the same command to resume); 2 bad input or an
 unusable path (the message names it and the fix); 130 Ctrl-C; 143 SIGTERM.
 
-`synth schema` prints the spec's JSON Schema for editors; the README has every spec key."""
+`synth schema` prints the spec's JSON Schema (every key described) for editors; the README
+has every spec key with an example."""
 SPEC_HELP = "the spec YAML file"
 
 

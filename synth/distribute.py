@@ -122,11 +122,25 @@ def run_on_ray(
         return _schedule(plan, list(shards), settings, compute, on_shard_done, on_progress)
 
 
+class _TokenAuthNotice(logging.Filter):
+    """Ray's notice, on every start, that token authentication is on (its default, and the
+    safe setting) is not the user's business; its warning that authentication is off is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def _connect(compute: Compute) -> bool:
     import ray
 
     if ray.is_initialized():
         return False
+    auth_logger = logging.getLogger(_RAY_AUTH_LOGGER)
+    if not any(isinstance(f, _TokenAuthNotice) for f in auth_logger.filters):
+        auth_logger.addFilter(_TokenAuthNotice())
     options: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
     if compute.ray_address:
         import synth

@@ -44,6 +44,39 @@ def test_validate_and_schema(tmp_path: Path, small_model: Path, capsys):
     assert {"name", "seed", "source", "target", "generator", "classes"} <= set(schema["properties"])
 
 
+def test_help_says_what_synth_does_with_an_example_exit_codes_and_where_to_read_more(capsys):
+    import argparse
+
+    from synth.cli import _parser
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "synthetic training images for rare classes" in text  # not the module's docstring
+    assert "synth run specs/quickstart.yaml" in text and "exit codes:" in text
+    for code in ("0 done", "1 a run failed", "2 bad input", "130 Ctrl-C", "143 SIGTERM"):
+        assert code in text
+    assert "synth schema" in text and "README" in text
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    unexplained = [
+        f"{parser.prog} {action.dest}"
+        for parser in parsers(_parser())
+        for action in parser._actions
+        if not action.option_strings
+        and not isinstance(action, argparse._SubParsersAction)
+        and not action.help
+    ]
+    assert not unexplained
+
+
 def test_every_key_in_the_schema_has_a_description_for_editors(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

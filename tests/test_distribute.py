@@ -153,6 +153,8 @@ def test_a_killed_driver_resumes_without_touching_finished_shards(
             os.killpg(driver.pid, signal.SIGKILL)
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # Quiet: neither Ray's token-authentication notice nor library UserWarnings.
+    assert "Token authentication" not in rerun.stderr and "Warning" not in rerun.stderr
     assert f"reused {len(finished)}" in rerun.stdout
     for name, content in finished.items():
         assert (out / "data" / name).read_bytes() == content

@@ -63,13 +63,21 @@ def _last_invocation(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Terminated])
-@pytest.mark.parametrize("point", ["plan write", "between shards", "shard write"])
+@pytest.mark.parametrize(
+    "point", ["before the plan", "plan write", "between shards", "shard write"]
+)
 def test_an_interrupt_at_any_point_leaves_a_folder_a_plain_rerun_completes(
     spec_path, tmp_path, uninterrupted, monkeypatch, interrupt, point
 ):
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
-        if point == "plan write":
+        if point == "before the plan":
+            # Planning reads the source and computes; nothing is written yet.
+            def plan_for_spec(*args, **kwargs):
+                raise interrupt()
+
+            patch.setattr("synth.run.plan_for_spec", plan_for_spec)
+        elif point == "plan write":
             # The plan's writer is mid-file: its temporary file exists.
             patch.setattr("synth.run._PLAN_ROWS_PER_WRITE", 1)
             original = pq.ParquetWriter.write_table
@@ -101,6 +109,11 @@ def test_an_interrupt_at_any_point_leaves_a_folder_a_plain_rerun_completes(
             patch.setattr(synth.shards.pq, "write_table", write_table)
         with pytest.raises(interrupt):
             _run(spec_path, out)
+    if point == "before the plan":
+        assert not out.exists()  # stopped before anything was written
+        _run(spec_path, out)
+        assert _content(out) == uninterrupted
+        return
     assert _leftovers(out) == []
     reason = "interrupted by SIGTERM" if interrupt is Terminated else "interrupted (Ctrl-C)"
     assert _last_invocation(out)["status"] == "failed"

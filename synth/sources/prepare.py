@@ -154,8 +154,9 @@ def _prepare_images(loaded: IUSource, image_out: Path, size: int) -> list:
             if target.is_file():
                 with Image.open(source_path) as original:
                     box = crop_box(*original.size)
-                if Image.open(target).size == (size, size):
-                    return box  # prepared by an earlier, interrupted run
+                with Image.open(target) as prepared:
+                    if prepared.size == (size, size):
+                        return box  # prepared by an earlier, interrupted run
             image, box = preprocess_image(source_path, size)
         except FileNotFoundError:
             return "missing"
