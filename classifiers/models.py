@@ -47,6 +47,15 @@ def penultimate_features(classifier: nn.Module, images: torch.Tensor) -> torch.T
         setattr(head[0], head[1], saved)
 
 
+def features_and_logits(
+    classifier: nn.Module, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penultimate features and the head's logits from one forward pass."""
+    features = penultimate_features(classifier, images)
+    parent, name = _head_parent(classifier)
+    return features, getattr(parent, name)(features)
+
+
 def _to_one_channel(model: nn.Module) -> None:
     """Swap the stem convolution for a one-channel one; pretrained RGB filters are summed,
     which is what a gray image replicated to RGB would have seen."""

@@ -21,7 +21,7 @@ from classifiers.data import (
     to_model_input,
     train_read_side,
 )
-from classifiers.models import build_classifier, penultimate_features
+from classifiers.models import build_classifier, features_and_logits, penultimate_features
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,23 @@ def extract_features(
 ) -> np.ndarray:
     """Penultimate-layer features, one row per item."""
     return _run(model, items, settings, lambda m, x: penultimate_features(m, x).float())
+
+
+@torch.no_grad()
+def predict_scores_and_features(
+    model: nn.Module, items: list[LabelledImage], settings: TrainSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """`predict_scores` and `extract_features` from one forward pass per batch."""
+    dim = None
+
+    def forward(m, x):
+        nonlocal dim
+        features, logits = features_and_logits(m, x)
+        dim = features.shape[1]
+        return torch.cat([features.float(), torch.softmax(logits.float(), dim=1)], dim=1)
+
+    both = _run(model, items, settings, forward)
+    return both[:, dim:], both[:, :dim]
 
 
 def _run(model, items, settings, forward) -> np.ndarray:

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from classifiers.data import LabelledImage, check_image
+from classifiers.data import LabelledImage
 from eval.arms import LeakageError, image_identities
 from synth.errors import SourceError, SynthError
 from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
-from synth.sources import read_real_images
+from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -36,40 +34,20 @@ class EvalData:
 def check_can_evaluate(spec: Spec) -> None:
     """The cheap checks an evaluation depends on, for `synth run` to make before generating:
     real images with every class in val and test, and LoRA training records."""
-    _real_images_by_split(spec)
+    real_images_by_split(spec)
     _adapter_images(spec)
 
 
 def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
-    classes = spec.labels
-    index = {label: i for i, label in enumerate(classes)}
-    by_split: dict[str, list[LabelledImage]] = {split: [] for split in SPLITS}
-    unreadable = 0
-    for split, images in _real_images_by_split(spec).items():
-        for image in images:
-            try:
-                check_image(image.path)
-            except (OSError, ValueError, SyntaxError) as err:
-                if spec.eval.unreadable_images == "error":
-                    raise SourceError(
-                        f"{image.path}: unreadable real image ({err}); replace or remove it, or "
-                        "set eval.unreadable_images: skip"
-                    ) from None
-                unreadable += 1  # skipped and counted in the report, never a crash mid-run
-                continue
-            by_split[split].append(LabelledImage(image.image_id, image.path, index[image.label]))
-    _require_every_class(
-        {split: {classes[x.label] for x in items} for split, items in by_split.items()},
-        classes,
-        " after skipping unreadable images",
-    )
+    real = labelled_splits(spec)
+    index = {label: i for i, label in enumerate(real.classes)}
     if not shard_files(run_dir / DATA_DIR):
         raise SourceError(f"{run_dir}: no shards in {DATA_DIR}/; run `synth run` first")
     synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
     untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
     return EvalData(
-        classes, by_split["train"], by_split["val"], by_split["test"], synthetic,
-        summarise_provenance(rows, spec.seed), unreadable, _adapter_images(spec), untrained,
+        real.classes, real.train, real.val, real.test, synthetic,
+        summarise_provenance(rows, spec.seed), real.unreadable, _adapter_images(spec), untrained,
     )  # fmt: skip
 
 
@@ -94,41 +72,6 @@ def summarise_provenance(rows: list[dict], spec_seed: int) -> dict[str, str]:
         f", per-image seeds {min(seeds)}…{max(seeds)}" if seeds else ""
     )
     return summary
-
-
-def _real_images_by_split(spec: Spec) -> dict[str, list]:
-    real = [image for image in read_real_images(spec) if image.label in spec.labels]
-    if not real:
-        raise SourceError(
-            "evaluation needs real images: use a manifest or iu_xray source with image files "
-            "(a counts source has none)"
-        )
-    if any(image.split not in SPLITS for image in real):
-        raise SourceError(
-            "evaluation needs a train/val/test split for every real image; add a split column "
-            "to the manifest (synth data prepare writes one)"
-        )
-    by_split = {
-        split: sorted((r for r in real if r.split == split), key=lambda r: r.image_id)
-        for split in SPLITS
-    }
-    _require_every_class(
-        {split: {r.label for r in images} for split, images in by_split.items()}, spec.labels
-    )
-    return by_split
-
-
-def _require_every_class(
-    labels_by_split: dict[str, set[str]], classes: list[str], when: str = ""
-) -> None:
-    """AUC and the validation thresholds need every class in val and test."""
-    for split in ("val", "test"):
-        missing = [c for c in classes if c not in labels_by_split[split]]
-        if missing:
-            raise SourceError(
-                f"the {split} split has no real image of {missing}{when}; "
-                "AUC needs every class there"
-            )
 
 
 def _read_shards(data_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:

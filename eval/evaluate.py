@@ -19,7 +19,6 @@ from torch import nn
 
 from classifiers.train import (
     TrainedClassifier,
-    TrainSettings,
     device,
     extract_features,
     predict_scores,
@@ -43,6 +42,7 @@ from eval.results import (
 from eval.scoring import ArmScores, score_arms, validation_thresholds
 from eval.train_arms import ArmJob, train_arms
 from eval.verdict import verdicts
+from synth.curate.judge import classifier_recipe
 from synth.shards import DATA_DIR, UNTRAINED_DIR
 from synth.sources.phantom import OPACITY, read_phantom_lesions
 from synth.spec import PhantomSource, Spec
@@ -125,7 +125,7 @@ def _train(
         ArmJob(
             arm,
             repeat,
-            _train_settings(spec, seed=spec.seed + repeat),
+            classifier_recipe(spec.eval, seed=spec.seed + repeat),
             keep_model=arm.name == REAL and repeat == 0,
         )
         for repeat in range(spec.eval.repeats)
@@ -158,7 +158,7 @@ def _distribution_distances(
             "when eval.enabled and eval.untrained_baseline > 0"
         )
     extractors: dict[str, nn.Module] = {}
-    settings = _train_settings(spec, seed=spec.seed)
+    settings = classifier_recipe(spec.eval, seed=spec.seed)
     if "classifier" in spec.eval.fid:
         width = extract_features(judge.model, data.test[:1], settings).shape[1]
         extractors["classifier"] = ClassifierFeatures(judge.model, width)
@@ -189,7 +189,9 @@ def _label_fidelity(
     thresholds (primary) and by argmax."""
     if not data.synthetic:
         return None
-    scores = predict_scores(judge.model, data.synthetic, _train_settings(spec, seed=spec.seed))
+    scores = predict_scores(
+        judge.model, data.synthetic, classifier_recipe(spec.eval, seed=spec.seed)
+    )
     labels = np.array([s.label for s in data.synthetic])
 
     def named(shares: dict[int, float]) -> dict[str, float]:
@@ -209,7 +211,7 @@ def _memorisation(
     """Each synthetic image's nearest training image on centred judge features."""
     if not data.synthetic:
         return None
-    settings = _train_settings(spec, seed=spec.seed)
+    settings = classifier_recipe(spec.eval, seed=spec.seed)
     reference, described = memorisation_reference(data)
     memo = memorisation(
         extract_features(judge.model, data.synthetic, settings),
@@ -249,21 +251,6 @@ def _ground_truth(
         lesions["opacity_radius"].to_numpy(dtype=float),
         {arm: [run[:, c] for run in s.test] for arm, s in scores.items()},
         {arm: [repeat[c] for repeat in repeats] for arm, repeats in thresholds.items()},
-    )
-
-
-def _train_settings(spec: Spec, seed: int) -> TrainSettings:
-    e = spec.eval
-    return TrainSettings(
-        architecture=e.classifier,
-        image_size=e.image_size,
-        epochs=e.epochs,
-        batch_size=e.batch_size,
-        learning_rate=e.learning_rate,
-        patience=e.patience,
-        class_weighted=e.class_weighted,
-        seed=seed,
-        precision=e.precision,
     )
 
 

@@ -14,6 +14,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from classifiers.features import InnerProductIndex, centred_unit
+
 
 def class_aucs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """One-vs-rest AUROC per class; NaN for a class absent from (or filling) the sample."""
@@ -181,15 +183,13 @@ def memorisation(
 ) -> Memorisation:
     """Nearest-neighbour cosine similarity from each synthetic image to the training images.
 
-    Features are centred on the training mean first: CNN features after ReLU and pooling are
-    all positive, so raw cosine similarity sits near 1 for any pair and would flag everything.
+    Features are centred on the training mean first (`centred_unit`): raw cosine would flag
+    everything.
     """
-    centre = training_features.mean(axis=0, keepdims=True)
-    a, b = synthetic_features - centre, training_features - centre
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    similarity = a @ b.T
-    return Memorisation(threshold, similarity.max(axis=1), similarity.argmax(axis=1))
+    centre = training_features.mean(axis=0)
+    index = InnerProductIndex(centred_unit(training_features, centre))
+    similarity, nearest = index.nearest(centred_unit(synthetic_features, centre))
+    return Memorisation(threshold, similarity, nearest)
 
 
 def rounded(value: float) -> float | None:

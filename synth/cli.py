@@ -210,6 +210,10 @@ def _run(args: argparse.Namespace) -> None:
             f"{summary.shards_reused}; {summary.images_per_second:.2f} images/s, "
             f"{summary.seconds:.1f} s in all"
         )
+    if summary.curation is not None:
+        from synth.curate.summary import describe_acceptance
+
+        print(describe_acceptance(summary.curation))
     if spec.eval.enabled:
         _report_eval(spec, summary.out_dir)
 

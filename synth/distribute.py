@@ -42,6 +42,8 @@ class ShardResult:
     worker: str  # which worker made it (pid@host)
     device: str
     model_load_seconds: float | None  # set on the first shard a worker renders
+    rejected: pa.Table | None = None  # with curation: the renders the gate rejected
+    dropped: tuple[str, ...] = ()  # with curation: samples dropped once every attempt failed
 
 
 ProgressCallback = Callable[[int], None]  # told how many images are finished so far
@@ -59,10 +61,12 @@ def render_shard(
     """Render one shard with a renderer; shared by the in-process and the Ray paths."""
     first_use = renderer.model_load_seconds is None
     started = time.perf_counter()
-    table = renderer.render(plan.samples_in_shard(shard), on_batch_done)
+    rendered = renderer.render(plan.samples_in_shard(shard), on_batch_done)
     return ShardResult(
         shard=shard,
-        table=table,
+        table=rendered.table,
+        rejected=rendered.rejected,
+        dropped=rendered.dropped,
         render_seconds=time.perf_counter()
         - started
         - (renderer.model_load_seconds or 0) * first_use,

@@ -13,15 +13,22 @@ from safetensors import SafetensorError, safe_open
 from synth.errors import ModelError, OutputError
 from synth.plan import Plan
 from synth.prompt_tokens import fit_prompt, load_tokenizers
-from synth.shards import DATA_DIR, TEMP_PREFIX, UNTRAINED_DIR
-from synth.spec import Spec, looks_like_a_path
+from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, TEMP_PREFIX, UNTRAINED_DIR
+from synth.spec import JUDGE_CLASSIFIER, Spec, looks_like_a_path
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# A saved curation judge (synth/curate/judge.py): weights, record, real reference features.
+JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE = (
+    "judge.safetensors",
+    "judge.json",
+    "reference.safetensors",
+)
+JUDGE_FILES = (JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE)
 RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
 LOCK_FILE = ".synth.lock"
 EVAL_DIR = "eval"  # the evaluation's outputs; a later `synth run` of the same spec keeps them
 # What a synth run folder may hold, so a run that crashed before run.json existed can resume.
-RUN_ENTRIES = {*RUN_FILES, DATA_DIR, UNTRAINED_DIR, EVAL_DIR, LOCK_FILE}
+RUN_ENTRIES = {*RUN_FILES, DATA_DIR, UNTRAINED_DIR, EVAL_DIR, LOCK_FILE, QC_DIR, REJECTED_DIR}
 
 
 def resolve_lora_file(path: Path) -> Path:
@@ -114,6 +121,24 @@ def check_spec_files(spec: Spec, plan: Plan) -> None:
                 raise ModelError(f"classes.{label}.lora: {err}") from None
     if spec.output.dir is not None:
         check_output_folder(Path(spec.output.dir))
+    if spec.qc.enabled:
+        check_qc_inputs(spec)
+
+
+def check_qc_inputs(spec: Spec) -> None:
+    """Curation's judge needs real images split into train, val and test (every class in val
+    and test); a judge named by path must be a whole saved judge."""
+    from synth.sources.splits import real_images_by_split
+
+    real_images_by_split(spec, needed_by="qc (its judge)")
+    if spec.qc.judge != JUDGE_CLASSIFIER:
+        folder = Path(spec.qc.judge)
+        missing = [name for name in JUDGE_FILES if not (folder / name).is_file()]
+        if missing:
+            raise ModelError(
+                f"qc.judge {folder}: not a saved judge (no {', '.join(missing)}); give the qc/ "
+                "folder of a run that trained one, or set qc.judge: classifier"
+            )
 
 
 def is_run_entry(name: str) -> bool:

@@ -40,7 +40,7 @@ def preview_class(spec: Spec, label: str, count: int, grid_path: Path) -> list[P
     _check_writable(grid_path)  # before rendering, which can take minutes
     samples = first_samples(plan_for_spec(spec, real_counts(spec)), label, count)
     settings = RenderSettings(spec.generator, {label: spec.classes[label]}, "preview", "", "png")
-    rows = ShardRenderer(settings).render(samples).to_pylist()
+    rows = ShardRenderer(settings).render(samples).table.to_pylist()
     sample_dir = grid_path.with_name(f"{grid_path.stem}_samples")
     created = not sample_dir.exists()
     try:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from synth.curate.summary import ClassCuration, curation_by_class
 from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
 from synth.errors import OutputError, PlanError, SynthError, Terminated
 from synth.generate.render import RenderSettings
@@ -41,14 +42,18 @@ from synth.preflight import (
 )
 from synth.shards import (
     DATA_DIR,
+    QC_DIR,
+    REJECTED_DIR,
     TEMP_PREFIX,
     UNTRAINED_DIR,
     dataset_card,
+    dropped_ids,
     output_errors,
     remove_temporary_files,
     shard_files,
     shard_is_complete,
     shard_spec_digests,
+    with_dropped,
     write_shard,
     write_text_atomic,
 )
@@ -82,6 +87,7 @@ class RunSummary:
     images_per_second: float | None
     startup_seconds: float | None  # from the start of the command to the first finished shard
     workers: list[str] = field(default_factory=list)
+    curation: dict[str, ClassCuration] | None = None  # with qc on: what the gate did, per class
 
 
 def run_spec(
@@ -112,9 +118,15 @@ def run_spec(
     # sure to see; on a named cluster it renders in this process.
     baseline_on_ray = baseline and not in_process and spec.compute.ray_address is None
     with _exclusive_lock(out), ray_session(spec.compute) if baseline_on_ray else nullcontext():
+        settings_sha256 = spec_sha256
+        if spec.qc.enabled:
+            judge_sha256 = _prepare_judge(spec, out, settings_sha256, overwrite, show_progress)
+            # Shards scored by another judge never mix into this folder.
+            spec_sha256 = sha256_of_json({"settings": settings_sha256, "judge": judge_sha256})
         summary = _run_locked(
-            spec, plan, spec_sha256, out, overwrite, in_process, show_progress, started
-        )
+            spec, plan, spec_sha256, out, overwrite, in_process, show_progress, started,
+            settings_sha256,
+        )  # fmt: skip
         if baseline:
             render_untrained_baseline(spec, plan, spec_sha256, out, baseline_on_ray, show_progress)
         return summary
@@ -129,6 +141,7 @@ def _run_locked(
     in_process: bool,
     show_progress: bool,
     started: float,
+    settings_sha256: str,
 ) -> RunSummary:
     previous = _previous_run(out, spec_sha256, overwrite)
     created_at = previous.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
@@ -138,6 +151,7 @@ def _run_locked(
     }
     run_record = {
         "spec_sha256": spec_sha256,
+        "settings_sha256": settings_sha256,  # the identity but the judge (equal without qc)
         "name": spec.name,
         "created_at": created_at,
         "status": "running",
@@ -204,6 +218,8 @@ def _generate(
     summary.shards_reused = reused
     if not missing:
         invocation.update(status="complete", note="nothing to do: every shard was already complete")
+        if spec.qc.enabled:
+            _record_curation(spec, plan, out, run_record, summary, spec_yaml)
         _finish(out, run_record, invocation, started, summary)
         return summary
 
@@ -214,6 +230,8 @@ def _generate(
         spec_sha256=spec_sha256,
         created_at=run_record["created_at"],
         image_format=spec.output.image_format,
+        qc=spec.qc if spec.qc.enabled else None,
+        judge_folder=out / QC_DIR if spec.qc.enabled else None,
     )
     shard_seconds: dict[str, float] = timings["shard_seconds"]
     model_loads: list[float] = timings["model_loads"]
@@ -229,7 +247,15 @@ def _generate(
     first_shard: dict[str, float] = {}
 
     def on_shard_done(result: ShardResult) -> None:
-        write_shard(result.table, data_dir / shard_file_name(result.shard, plan.num_shards))
+        name = shard_file_name(result.shard, plan.num_shards)
+        if result.rejected is not None:
+            # Rejected renders first: a shard in data/ always has its rejects beside it.
+            rejected = out / REJECTED_DIR / name
+            if result.rejected.num_rows:
+                write_shard(result.rejected, rejected)
+            else:
+                rejected.unlink(missing_ok=True)  # a stale one from an earlier render
+        write_shard(with_dropped(result.table, result.dropped, spec_sha256), data_dir / name)
         first_shard.setdefault("at", time.perf_counter())
         first_shard.setdefault("images", result.table.num_rows)
         first_shard["last_at"] = time.perf_counter()
@@ -268,8 +294,98 @@ def _generate(
     invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
+    if spec.qc.enabled:
+        _record_curation(spec, plan, out, run_record, summary, spec_yaml)
     _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
     return summary
+
+
+def _prepare_judge(
+    spec: Spec, out: Path, settings_sha256: str, overwrite: bool, show_progress: bool
+) -> str:
+    """The run's curation judge, in out/qc/: reused on resume, copied from qc.judge, or
+    trained here on the real train split. Returns its weights' sha256. A folder holding
+    another spec's run is refused here already (before a judge is written into it)."""
+    from synth.curate.judge import prepare_judge
+    from synth.sources.splits import labelled_splits
+
+    previous = _read_run_record(out / "run.json") or {}
+    previous_settings = previous.get("settings_sha256", previous.get("spec_sha256"))
+    if previous_settings not in (None, settings_sha256) and not overwrite:
+        raise OutputError(
+            f"{out}: holds a run of a different spec (generation settings, prompts, LoRA "
+            "files or plan changed); pass --overwrite to replace it, or --out a new folder"
+        )
+    if overwrite or previous_settings not in (None, settings_sha256):
+        shutil.rmtree(out / QC_DIR, ignore_errors=True)  # start again: a fresh judge
+    real = labelled_splits(spec, needed_by="qc (its judge)")
+    reused = (out / QC_DIR / "judge.json").is_file() or spec.qc.judge != "classifier"
+    if show_progress and not reused:
+        print(
+            f"qc: training the judge ({spec.eval.classifier}) on {len(real.train)} real train "
+            f"images, early-stopped on {len(real.val)} val images",
+            flush=True,
+        )
+    judge = prepare_judge(spec, real.classes, real.train, real.val, out)
+    if show_progress and not reused:
+        print(
+            f"qc: judge trained in {judge.record.train_seconds:.1f} s, validation AUC "
+            f"{judge.record.val_auc:.3f}",
+            flush=True,
+        )
+    return judge.sha256
+
+
+def _record_curation(
+    spec: Spec, plan: Plan, out: Path, run_record: dict, summary: RunSummary, spec_yaml: str
+) -> None:
+    """With qc on: what the gate did, from every shard in the folder, into run.json, the
+    dataset card and the summary `synth run` prints."""
+    from synth.curate.judge import load_judge
+
+    curation = read_curation(plan, out)
+    judge = load_judge(out / QC_DIR)
+    run_record["qc"] = {
+        "judge": {
+            "sha256": judge.sha256,
+            "val_auc": round(judge.record.val_auc, 6),
+            "train_seconds": judge.record.train_seconds,
+            "start": judge.record.start,
+            "train_images": len(judge.record.train_images),
+        },
+        "classes": {label: c.to_json() for label, c in curation.items()},
+    }
+    dropped = {label: c.dropped for label, c in curation.items()}
+    write_text_atomic(
+        out / "README.md",
+        dataset_card(spec.name, run_record["classes"], spec_yaml, curated=True, dropped=dropped),
+    )
+    summary.curation = curation
+
+
+def read_curation(plan: Plan, out: Path) -> dict[str, ClassCuration]:
+    """Per-class curation figures from the shards in data/ and rejected/."""
+    kept = pq.read_table(out / DATA_DIR, columns=["label", "qc_passed", "attempt"])
+    rejected_dir = out / REJECTED_DIR
+    rejected = (
+        pq.read_table(rejected_dir, columns=["label", "qc_reason"])
+        if shard_files(rejected_dir)
+        else pa.table({"label": pa.array([], pa.string()), "qc_reason": pa.array([], pa.string())})
+    )
+    dropped: dict[str, int] = {}
+    for path in shard_files(out / DATA_DIR):
+        for sample_id in dropped_ids(path):
+            label = sample_id.rsplit("-", 1)[0]
+            dropped[label] = dropped.get(label, 0) + 1
+    return curation_by_class(
+        {c.label: c.synthetic for c in plan.classes},
+        kept.column("label").to_pylist(),
+        kept.column("qc_passed").to_pylist(),
+        kept.column("attempt").to_pylist(),
+        rejected.column("label").to_pylist(),
+        rejected.column("qc_reason").to_pylist(),
+        dropped,
+    )
 
 
 def _check_every_shard_is_there(plan: Plan, data_dir: Path) -> None:
@@ -484,6 +600,7 @@ def _clear_run(out: Path) -> None:
     shutil.rmtree(out / DATA_DIR, ignore_errors=True)
     shutil.rmtree(out / UNTRAINED_DIR, ignore_errors=True)
     shutil.rmtree(out / EVAL_DIR, ignore_errors=True)
+    shutil.rmtree(out / REJECTED_DIR, ignore_errors=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     remove_temporary_files(out)

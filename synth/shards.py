@@ -24,6 +24,8 @@ from synth.errors import OutputError
 DATA_DIR = "data"
 # The random-weight baseline's folder in a run: its model/ and its own data/ shards.
 UNTRAINED_DIR = "untrained"
+QC_DIR = "qc"  # the curation judge: weights, record and the real train features
+REJECTED_DIR = "rejected"  # renders the curation gate rejected, as shards, kept for audit
 TEMP_PREFIX = ".tmp-"
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -52,16 +54,43 @@ SHARD_SCHEMA = pa.schema(
         ("attempt", pa.int32()),
     ]
 )
-# `datasets` reads features from this schema metadata, so the image column decodes as images.
-_HF_FEATURES = {
-    field.name: {"_type": "Image"}
-    if field.name == "image"
-    else {"dtype": str(field.type).replace("double", "float64"), "_type": "Value"}
-    for field in SHARD_SCHEMA
-}
-SHARD_SCHEMA = SHARD_SCHEMA.with_metadata(
-    {"huggingface": json.dumps({"info": {"features": _HF_FEATURES}})}
-)
+# With curation (qc.enabled) every row also has the gate's scores; rejected renders (in
+# rejected/) also say why.
+QC_FIELDS = [
+    ("qc_label_score", pa.float64()),
+    ("qc_real_similarity", pa.float64()),
+    ("qc_nearest_real", pa.string()),
+    ("qc_passed", pa.bool_()),
+]
+QC_REASON_FIELD = ("qc_reason", pa.string())
+
+
+def _with_features(schema: pa.Schema) -> pa.Schema:
+    """`datasets` reads features from this schema metadata, so the image column decodes as
+    images."""
+    features = {
+        field.name: {"_type": "Image"}
+        if field.name == "image"
+        else {
+            "dtype": str(field.type).replace("double", "float64"),
+            "_type": "Value",
+        }
+        for field in schema
+    }
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def shard_schema(curated: bool = False, rejected: bool = False) -> pa.Schema:
+    """The shard columns: provenance, then the gate's scores when curated."""
+    fields_ = list(SHARD_SCHEMA)
+    if curated:
+        fields_ += [pa.field(*f) for f in QC_FIELDS]
+    if rejected:
+        fields_.append(pa.field(*QC_REASON_FIELD))
+    return _with_features(pa.schema(fields_))
+
+
+SHARD_SCHEMA = _with_features(SHARD_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,11 @@ class ImageRecord:
     device: str
     created_at: str
     attempt: int
+    qc_label_score: float | None = None
+    qc_real_similarity: float | None = None
+    qc_nearest_real: str | None = None
+    qc_passed: bool | None = None
+    qc_reason: str | None = None  # rejected renders only
 
     def png_text(self) -> dict[str, str]:
         """The provenance that travels inside the image file itself. The run time stays out, so
@@ -127,13 +161,15 @@ def encode_image(image: Image.Image, image_format: str, text: dict[str, str]) ->
     return buffer.getvalue()
 
 
-def records_to_table(records: Iterable[ImageRecord]) -> pa.Table:
+def records_to_table(
+    records: Iterable[ImageRecord], curated: bool = False, rejected: bool = False
+) -> pa.Table:
     rows = []
     for record in records:
         row = {f.name: getattr(record, f.name) for f in fields(record)}
         row["image"] = {"bytes": row.pop("image_bytes"), "path": row.pop("image_path")}
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=shard_schema(curated, rejected))
 
 
 def write_shard(table: pa.Table, path: Path) -> None:
@@ -168,17 +204,48 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+_DROPPED_KEY = b"synth"
+
+
+def with_dropped(table: pa.Table, dropped: tuple[str, ...], spec_sha256: str) -> pa.Table:
+    """A shard table that names the samples curation dropped (qc.on_exhausted: drop) in its
+    schema metadata, with the spec digest, so the shard still counts as complete."""
+    if not dropped:
+        return table
+    note = json.dumps({"dropped": list(dropped), "spec_sha256": spec_sha256})
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), _DROPPED_KEY: note})
+
+
+def _dropped_note(schema: pa.Schema) -> dict:
+    note = (schema.metadata or {}).get(_DROPPED_KEY)
+    return json.loads(note) if note else {"dropped": [], "spec_sha256": None}
+
+
+def dropped_ids(path: Path) -> list[str]:
+    """The samples a shard file says curation dropped."""
+    return _dropped_note(pq.read_schema(path))["dropped"]
+
+
 def shard_is_complete(path: Path, expected_ids: list[str], spec_sha256: str) -> bool:
-    """Whether a shard file is readable, holds exactly the expected samples, and is this spec's."""
+    """Whether a shard file is readable, holds exactly the expected samples (but those it
+    says curation dropped), and is this spec's."""
     try:
         # ParquetFile.read skips the dataset layer of read_table: a third of the time per file,
         # which is what checking the 39,063 shards of a ten-million-image run adds up to.
-        table = pq.ParquetFile(path).read(columns=["sample_id", "spec_sha256"])
-    except (OSError, pa.ArrowException):
+        shard = pq.ParquetFile(path)
+        table = shard.read(columns=["sample_id", "spec_sha256"])
+        note = _dropped_note(shard.schema_arrow)
+    except (OSError, pa.ArrowException, ValueError):
         return False
-    return table.column("sample_id").to_pylist() == expected_ids and set(
-        table.column("spec_sha256").to_pylist()
-    ) == {spec_sha256}
+    dropped = set(note["dropped"])
+    digests = set(table.column("spec_sha256").to_pylist())
+    if note["spec_sha256"] is not None:
+        digests.add(note["spec_sha256"])
+    return (
+        dropped <= set(expected_ids)
+        and table.column("sample_id").to_pylist() == [i for i in expected_ids if i not in dropped]
+        and digests == {spec_sha256}
+    )
 
 
 def remove_temporary_files(data_dir: Path) -> int:
@@ -189,12 +256,13 @@ def remove_temporary_files(data_dir: Path) -> int:
     return len(leftovers)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Small files (spec, run.json, README) get the same all-or-nothing write as shards."""
+def write_text_atomic(path: Path, text: str | bytes) -> None:
+    """Small files (spec, run.json, README, the judge's weights) get the same all-or-nothing
+    write as shards; text is written as UTF-8."""
     with output_errors(path):
         temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
         try:
-            temporary.write_text(text, encoding="utf-8")
+            temporary.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
             _fsync(temporary)
             os.replace(temporary, path)
         except BaseException:
@@ -218,13 +286,36 @@ def shard_spec_digests(data_dir: Path) -> set[str]:
     return digests
 
 
-def dataset_card(name: str, class_counts: dict[str, int], spec_yaml: str) -> str:
+def dataset_card(
+    name: str,
+    class_counts: dict[str, int],
+    spec_yaml: str,
+    curated: bool = False,
+    dropped: dict[str, int] | None = None,
+) -> str:
     """README.md with the Hugging Face YAML header, so `load_dataset` reads the folder as is."""
-    feature_lines = []
-    for field in SHARD_SCHEMA:
-        dtype = _HF_FEATURES[field.name].get("dtype", "image")
-        feature_lines.append(f"  - name: {field.name}\n    dtype: {dtype}")
+    schema = shard_schema(curated)
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    feature_lines = [
+        f"  - name: {field.name}\n    dtype: {features[field.name].get('dtype', 'image')}"
+        for field in schema
+    ]
     counts = "\n".join(f"| {label} | {count} |" for label, count in class_counts.items())
+    curation = (
+        "Curation was on: every image was scored by a judge trained on the real train split "
+        "(`qc_label_score`, the judge's probability of the intended class; "
+        "`qc_real_similarity` and `qc_nearest_real`, the nearest real train image by centred "
+        "cosine) and gated (`qc_passed`); renders that failed are kept in `rejected/` with "
+        "`qc_reason`.\n\n"
+        if curated
+        else ""
+    )
+    if dropped and any(dropped.values()):
+        curation += (
+            "Samples dropped after every attempt failed the gate (qc.on_exhausted: drop): "
+            + ", ".join(f"{label} {count}" for label, count in dropped.items())
+            + ".\n\n"
+        )
     return (
         "---\n"
         "configs:\n"
@@ -240,7 +331,8 @@ def dataset_card(name: str, class_counts: dict[str, int], spec_yaml: str) -> str
         "Every row is one synthetic image with the prompt, seed, model, LoRA (path, sha256, "
         "scale) and sampler settings that made it. `spec_sha256` identifies the generation "
         "settings; `attempt` > 1 marks an image regenerated with a derived seed after a NaN or "
-        "black output.\n\n"
+        "black output or a render the curation gate rejected.\n\n"
+        f"{curation}"
         "| class | synthetic images |\n|---|---|\n"
         f"{counts}\n\n"
         "## Spec as run\n\n"

@@ -357,6 +357,33 @@ class EvalSpec(StrictModel):
     """auto: bf16 autocast where the device computes bf16 natively; float32: always."""
 
 
+JUDGE_CLASSIFIER = "classifier"
+
+
+class QCSpec(StrictModel):
+    """Curation: every generated image is scored by a judge trained on the real train split,
+    gated on the scores, and regenerated (or flagged) when it fails."""
+
+    enabled: bool = False
+    """Score, gate and regenerate (needs a source with real images and splits)."""
+    judge: Literal["classifier"] | SpecPath = JUDGE_CLASSIFIER
+    """classifier: train a judge on the real train split with the evaluation's recipe; or the
+    folder of a judge saved by an earlier run (its qc/ folder), reused as is."""
+    min_label_score: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """The judge's probability of the image's intended class, at least."""
+    max_real_similarity: Annotated[float, Field(gt=0, le=1)] = 0.95
+    """Cosine similarity, on centred judge features, to the nearest real train image, at
+    most."""
+    on_reject: Literal["regenerate", "keep"] = "regenerate"
+    """regenerate: render a failed image again with a derived seed; keep: score and flag
+    only."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    """Renders per sample, the first included."""
+    on_exhausted: Literal["error", "keep_best", "drop"] = "error"
+    """When every attempt failed: stop with an error; keep the best-scoring attempt (flagged
+    qc_passed false); or drop the sample (counted in run.json and the dataset card)."""
+
+
 class Spec(StrictModel):
     """A synth spec: the real data, the target label distribution, and how each class is
     generated. `synth run SPEC` plans, generates, writes shards and (with eval) evaluates."""
@@ -381,6 +408,8 @@ class Spec(StrictModel):
     """The largest plan synth run accepts."""
     eval: EvalSpec = EvalSpec()
     """The evaluation of the synthetic images."""
+    qc: QCSpec = QCSpec()
+    """Curation of the generated images: judge, gate, regenerate."""
 
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> Spec:
@@ -401,6 +430,12 @@ class Spec(StrictModel):
                     f"add classes.{label} with its prompts"
                 )
         if isinstance(self.source, CountsSource):
+            if self.qc.enabled:
+                raise ValueError(
+                    "qc.enabled needs real train images to train its judge on, and a counts "
+                    "source has none; use a manifest, iu_xray or phantom source, or set "
+                    "qc.enabled: false"
+                )
             if self.eval.enabled:
                 raise ValueError(
                     "eval.enabled needs real images with a train/val/test split, and a counts "
@@ -688,6 +723,10 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
             "inception_weights": absolute(weights, "eval.inception_weights") if weights else None
         }
     )
+    judge = spec.qc.judge
+    qc = spec.qc.model_copy(
+        update={"judge": judge if judge == JUDGE_CLASSIFIER else absolute(judge, "qc.judge")}
+    )
     return spec.model_copy(
         update={
             "source": source,
@@ -695,6 +734,7 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
             "classes": classes,
             "output": output,
             "eval": evaluation,
+            "qc": qc,
         }
     )
 

@@ -38,3 +38,32 @@ def write_oversized_png(path: Path, width: int = 20000, height: int = 20000) -> 
     end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + idat_chunk + end)
     return path
+
+
+def radiograph_standin(rng: np.random.Generator, opacity: bool, side: int = 32) -> Image.Image:
+    """A gray noise field, with a bright blob where `opacity`: a learnable stand-in for real
+    radiographs, which tests cannot ship."""
+    pixels = rng.normal(90, 20, (side, side))
+    if opacity:
+        y, x = rng.integers(side // 4, 3 * side // 4, size=2)
+        yy, xx = np.mgrid[:side, :side]
+        pixels += 110 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_split_manifest(
+    folder: Path, counts: dict[str, tuple[int, int]], rng: np.random.Generator
+) -> Path:
+    """`real.csv` and its images in `folder/real/`: per split, (opacity, normal) stand-ins."""
+    import pandas as pd
+
+    (folder / "real").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, (n_opacity, n_normal) in counts.items():
+        for label, n in (("opacity", n_opacity), ("normal", n_normal)):
+            for i in range(n):
+                name = f"real/{split}-{label}-{i}.png"
+                radiograph_standin(rng, label == "opacity").save(folder / name)
+                rows.append({"path": name, "label": label, "split": split})
+    pd.DataFrame(rows).to_csv(folder / "real.csv", index=False)
+    return folder / "real.csv"

@@ -20,7 +20,7 @@ from eval.report.metrics_json import as_json
 from synth.shards import ImageRecord, encode_image, records_to_table, write_shard
 from synth.spec import load_spec
 from tests.conftest import base_spec, write_spec
-from tests.image_files import write_oversized_png
+from tests.image_files import radiograph_standin, write_oversized_png, write_split_manifest
 
 pytestmark = pytest.mark.slow
 # Hostile prompt text, which the report must show as text (tests/test_report.py checks a
@@ -29,37 +29,19 @@ SCRIPT = '<script>document.title="pwned"</script>'
 IMG = '<img src=x onerror="document.body.dataset.pwned=1">'
 
 
-def _xray(rng: np.random.Generator, opacity: bool) -> Image.Image:
-    pixels = rng.normal(90, 20, (32, 32))
-    if opacity:
-        y, x = rng.integers(8, 24, size=2)
-        yy, xx = np.mgrid[:32, :32]
-        pixels += 110 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
     rng = np.random.default_rng(0)
-    (folder / "real").mkdir()
-    rows = []
     # Opacity is rare in train; the test split is large enough for some FID rows and not others.
-    counts = {"train": (6, 18), "val": (6, 30), "test": (20, 20)}
-    for split, (n_opacity, n_normal) in counts.items():
-        for label, n in (("opacity", n_opacity), ("normal", n_normal)):
-            for i in range(n):
-                name = f"real/{split}-{label}-{i}.png"
-                _xray(rng, label == "opacity").save(folder / name)
-                rows.append({"path": name, "label": label, "split": split})
-    pd.DataFrame(rows).to_csv(folder / "real.csv", index=False)
+    write_split_manifest(folder, {"train": (6, 18), "val": (6, 30), "test": (20, 20)}, rng)
 
     run_dir = folder / "run"
     records, untrained = [], []
     noise = np.random.default_rng(1)  # its own stream: the synthetic images stay as they were
     for label, n in (("opacity", 40), ("normal", 24)):
         for i in range(n):
-            image = _xray(rng, label == "opacity").convert("RGB")
+            image = radiograph_standin(rng, label == "opacity").convert("RGB")
             record = ImageRecord(
                 sample_id=f"{label}-{i:06d}", label=label, image_bytes=b"", image_path="x.png",
                 width=32, height=32, prompt=f"Chest x-ray. {SCRIPT} {IMG} {label}", negative_prompt="",

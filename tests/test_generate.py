@@ -32,7 +32,7 @@ def _samples(count: int, label: str = "opacity"):
 
 def _shard_rows(model: Path, classes: dict, count: int = 4, batch_size: int = 4) -> list[dict]:
     settings = RenderSettings(_generator(model, batch_size), classes, "sha", "t", "png")
-    return ShardRenderer(settings).render(_samples(count)).to_pylist()
+    return ShardRenderer(settings).render(_samples(count)).table.to_pylist()
 
 
 def _pixels(rows: list[dict]) -> np.ndarray:
@@ -75,7 +75,7 @@ def test_switching_classes_in_one_shard_uses_each_class_adapter(small_model, sma
 
     def render(class_specs: dict, subset: list) -> list[dict]:
         settings = RenderSettings(_generator(small_model), class_specs, "sha", "t", "png")
-        return ShardRenderer(settings).render(subset).to_pylist()
+        return ShardRenderer(settings).render(subset).table.to_pylist()
 
     mixed = render(classes, samples)
     normal_alone = render({"normal": classes["normal"]}, samples[:2])

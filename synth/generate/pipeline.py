@@ -10,7 +10,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
+from synth.curate.gate import Gate, QCScore, margin
 from synth.errors import GenerationError, ModelError
 from synth.generate.long_prompts import LongPromptEncoder
 from synth.plan import PlannedSample, retry_seed
@@ -67,6 +68,17 @@ class RenderedImage:
     image: Image.Image
     seed: int  # the seed that made this image (the planned one unless a retry was needed)
     attempt: int  # 1 for the first try
+    qc: QCScore | None = None  # the curation gate's scores, when qc is on
+
+
+@dataclass(frozen=True)
+class RenderedBatch:
+    """A batch's outcome: the images kept (in sample order), the renders the curation gate
+    rejected (kept for audit), and the samples dropped once every attempt failed."""
+
+    kept: list[RenderedImage]
+    rejected: list[RenderedImage] = field(default_factory=list)
+    dropped: list[PlannedSample] = field(default_factory=list)
 
 
 def pick_device() -> torch.device:
@@ -88,6 +100,7 @@ class SampleGenerator:
         classes: dict[str, ClassSpec],
         device: torch.device | None = None,
         image_check: Callable[[np.ndarray], bool] = is_bad_image,
+        gate: Gate | None = None,
     ) -> None:
         self.settings = generator
         self.classes = classes
@@ -100,6 +113,7 @@ class SampleGenerator:
             )
             self.dtype = torch.float32
         self.image_check = image_check
+        self.gate = gate
         quiet_libraries()
         self.pipeline = _load_pipeline(generator, self.dtype).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
@@ -130,15 +144,16 @@ class SampleGenerator:
         samples: Sequence[PlannedSample],
         on_batch_done: Callable[[int], None] | None = None,
     ) -> list[RenderedImage]:
-        """Render samples in order, in batches of `batch_size` that never mix classes."""
+        """Render samples in order, in batches of `batch_size` that never mix classes; the
+        images kept."""
         rendered: list[RenderedImage] = []
         for batch in self.render_batches(samples):
-            rendered.extend(batch)
+            rendered.extend(batch.kept)
             if on_batch_done:
-                on_batch_done(len(batch))
+                on_batch_done(len(batch.kept) + len(batch.dropped))
         return rendered
 
-    def render_batches(self, samples: Sequence[PlannedSample]) -> Iterator[list[RenderedImage]]:
+    def render_batches(self, samples: Sequence[PlannedSample]) -> Iterator[RenderedBatch]:
         """`render`, one finished batch at a time, so a caller can encode a batch while the
         next one renders."""
         for label, class_samples in groupby(samples, key=lambda s: s.label):
@@ -183,34 +198,74 @@ class SampleGenerator:
             )
         return self._recorded_prompts[(text, policy)]
 
-    def _render_batch(self, batch: list[PlannedSample]) -> list[RenderedImage]:
+    def _render_batch(self, batch: list[PlannedSample]) -> RenderedBatch:
+        """Render, check and (with a gate) score each sample, re-rendering with a derived
+        seed what came out NaN or black or failed the gate, up to the attempt limit."""
         batch = [self.recorded(sample) for sample in batch]  # rendered as recorded
-        results: dict[str, RenderedImage] = {}
-        pending = [(sample, sample.seed) for sample in batch]
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            seeds = [retry_seed(seed, attempt) for _, seed in pending]
-            pixels = self._call_pipeline([s for s, _ in pending], seeds)
-            retry = []
-            for (sample, planned_seed), image_pixels, seed in zip(
-                pending, pixels, seeds, strict=True
-            ):
+        qc = self.gate.qc if self.gate else None
+        limit = qc.max_attempts if qc else MAX_ATTEMPTS
+        kept: dict[str, RenderedImage] = {}
+        best: dict[str, RenderedImage] = {}  # each sample's best-scoring rejected render
+        rejected: list[RenderedImage] = []
+        pending = list(batch)
+        for attempt in range(1, limit + 1):
+            seeds = [retry_seed(sample.seed, attempt) for sample in pending]
+            pixels = self._call_pipeline(pending, seeds)
+            healthy, retry = [], []
+            for sample, image_pixels, seed in zip(pending, pixels, seeds, strict=True):
                 if self.image_check(image_pixels):
-                    retry.append((sample, planned_seed))
+                    retry.append(sample)
                     continue
                 image = VaeImageProcessor.numpy_to_pil(image_pixels[None])[0]
-                results[sample.sample_id] = RenderedImage(sample, image, seed, attempt)
-            if not retry:
-                return [results[sample.sample_id] for sample in batch]
-            logger.warning(
-                "%d image(s) came out NaN or black on attempt %d; retrying with derived seeds",
-                len(retry),
-                attempt,
-            )
-            pending = retry
-        raise GenerationError(
-            f"sample {pending[0][0].sample_id}: image still NaN or black after {MAX_ATTEMPTS} "
-            "attempts; use generator.dtype float32 or bfloat16, or the fp16-fix VAE"
+                healthy.append(RenderedImage(sample, image, seed, attempt))
+            if retry:
+                logger.warning(
+                    "%d image(s) came out NaN or black on attempt %d; retrying with derived seeds",
+                    len(retry),
+                    attempt,
+                )
+            for item in self._scored(healthy):
+                if item.qc is None or item.qc.passed or qc.on_reject == "keep":
+                    kept[item.sample.sample_id] = item
+                    continue
+                rejected.append(item)
+                retry.append(item.sample)
+                previous = best.get(item.sample.sample_id)
+                if previous is None or margin(item.qc, qc) > margin(previous.qc, qc):
+                    best[item.sample.sample_id] = item
+            pending = sorted(retry, key=batch.index)
+            if not pending:
+                break
+        dropped = []
+        for sample in pending:
+            if sample.sample_id not in best:  # every render NaN or black
+                raise GenerationError(
+                    f"sample {sample.sample_id}: image still NaN or black after {limit} "
+                    "attempts; use generator.dtype float32 or bfloat16, or the fp16-fix VAE"
+                )
+            if qc.on_exhausted == "error":
+                raise GenerationError(
+                    f"sample {sample.sample_id}: all {limit} renders failed the qc gate (the "
+                    f"best: {best[sample.sample_id].qc.reason}); loosen qc.min_label_score or "
+                    "qc.max_real_similarity, raise qc.max_attempts, or set qc.on_exhausted: "
+                    "keep_best or drop"
+                )
+            if qc.on_exhausted == "keep_best":
+                kept[sample.sample_id] = best[sample.sample_id]  # flagged: qc passed is false
+                rejected.remove(best[sample.sample_id])
+            else:
+                dropped.append(sample)
+        return RenderedBatch(
+            kept=[kept[s.sample_id] for s in batch if s.sample_id in kept],
+            rejected=rejected,
+            dropped=dropped,
         )
+
+    def _scored(self, images: list[RenderedImage]) -> list[RenderedImage]:
+        if self.gate is None:
+            return images
+        scores = self.gate.score([i.image for i in images], [i.sample.label for i in images])
+        return [replace(item, qc=score) for item, score in zip(images, scores, strict=True)]
 
     def _call_pipeline(self, samples: list[PlannedSample], seeds: list[int]) -> np.ndarray:
         """One pipeline call per window count (one call unless chunked prompts are in the

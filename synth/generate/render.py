@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -16,7 +17,7 @@ import torch
 from synth import __version__
 from synth.plan import PlannedSample
 from synth.shards import ImageRecord, encode_image, records_to_table
-from synth.spec import ClassSpec, Generator
+from synth.spec import ClassSpec, Generator, QCSpec
 
 if TYPE_CHECKING:
     from synth.generate.pipeline import RenderedImage
@@ -38,6 +39,17 @@ class RenderSettings:
     spec_sha256: str
     created_at: str  # when the run (output folder) began; the same for every row of the run
     image_format: str
+    qc: QCSpec | None = None  # curation on: every image scored and gated
+    judge_folder: Path | None = None  # the run's qc/ folder, which the workers load
+
+
+@dataclass(frozen=True)
+class RenderedShard:
+    """A shard's rows; with curation, also its rejected renders and its dropped samples."""
+
+    table: pa.Table
+    rejected: pa.Table | None = None
+    dropped: tuple[str, ...] = ()
 
 
 class ShardRenderer:
@@ -52,10 +64,17 @@ class ShardRenderer:
     @property
     def generator(self):
         if self._generator is None:
+            from synth.curate.gate import Gate
             from synth.generate.pipeline import SampleGenerator
 
             started = time.perf_counter()
-            self._generator = SampleGenerator(self.settings.generator, self.settings.classes)
+            settings = self.settings
+            gate = (
+                Gate(settings.judge_folder, settings.qc, settings.image_format)
+                if settings.qc is not None and settings.qc.enabled
+                else None
+            )
+            self._generator = SampleGenerator(settings.generator, settings.classes, gate=gate)
             self.model_load_seconds = time.perf_counter() - started
         return self._generator
 
@@ -63,9 +82,13 @@ class ShardRenderer:
     def device_name(self) -> str:
         return self.generator.device_name
 
+    @property
+    def curated(self) -> bool:
+        return self.settings.qc is not None and self.settings.qc.enabled
+
     def render(
         self, samples: list[PlannedSample], on_batch_done: Callable[[int], None] | None = None
-    ) -> pa.Table:
+    ) -> RenderedShard:
         generator = self.generator
         self._shards_rendered += 1
         profile_to = os.environ.get(PROFILE_SHARD_ENV) if self._shards_rendered == 2 else None
@@ -76,16 +99,25 @@ class ShardRenderer:
             _pinned_cpu_threads(generator.device.type == "cpu"),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as encoder,
         ):
-            encoded = []
+            encoded, rejected, dropped = [], [], []
             for batch in generator.render_batches(samples):
-                encoded.append(encoder.submit(self._records, batch))
+                encoded.append(encoder.submit(self._records, batch.kept))
+                rejected.append(encoder.submit(self._records, batch.rejected))
+                dropped.extend(sample.sample_id for sample in batch.dropped)
                 if on_batch_done:
-                    on_batch_done(len(batch))
+                    on_batch_done(len(batch.kept) + len(batch.dropped))
             records = [record for batch in encoded for record in batch.result()]
-        return records_to_table(records)
+            rejects = [record for batch in rejected for record in batch.result()]
+        if not self.curated:
+            return RenderedShard(records_to_table(records))
+        return RenderedShard(
+            records_to_table(records, curated=True),
+            records_to_table(rejects, curated=True, rejected=True),
+            tuple(dropped),
+        )
 
     def _records(self, batch: list[RenderedImage]) -> list[ImageRecord]:
-        """Shard rows for a rendered batch, images encoded with their provenance."""
+        """Shard rows for rendered images, encoded with their provenance (and scores)."""
         generator, settings = self.generator, self.settings.generator
         records = []
         for item in batch:
@@ -113,10 +145,21 @@ class ShardRenderer:
                 device=generator.device_name,
                 created_at=self.settings.created_at,
                 attempt=item.attempt,
+                **(_qc_fields(item) if item.qc is not None else {}),
             )
             image_bytes = encode_image(item.image, self.settings.image_format, record.png_text())
             records.append(replace(record, image_bytes=image_bytes))
         return records
+
+
+def _qc_fields(item: RenderedImage) -> dict:
+    return {
+        "qc_label_score": item.qc.label_score,
+        "qc_real_similarity": item.qc.real_similarity,
+        "qc_nearest_real": item.qc.nearest_real,
+        "qc_passed": item.qc.passed,
+        "qc_reason": item.qc.reason,
+    }
 
 
 @contextmanager

@@ -1,0 +1,211 @@
+"""The curation judge: one classifier, trained once before generation on the real train split
+with the evaluation's recipe (classifiers/), and kept in the run folder:
+
+- `qc/judge.safetensors`, its weights;
+- `qc/judge.json`, the recipe, the classes, and the id and sha256 of every image it trained
+  or early-stopped on (train and val, never test), with its validation AUC;
+- `qc/reference.safetensors`, the real train images' centred, unit-length judge features, in
+  the order of `judge.json`'s train images: what the workers search for each image's nearest
+  real neighbour.
+
+The weights file's sha256 is part of the run's identity. A resumed run reuses the saved judge;
+`qc.judge: FOLDER` reuses one saved by an earlier run as is (it is copied into the run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from classifiers.data import LabelledImage
+from classifiers.features import centred_unit
+from classifiers.models import build_classifier
+from classifiers.train import TrainSettings, extract_features, train_classifier
+from synth.errors import ModelError
+from synth.preflight import (
+    JUDGE_FILES,
+    JUDGE_RECORD,
+    JUDGE_REFERENCE,
+    JUDGE_WEIGHTS,
+    file_sha256,
+)
+from synth.shards import QC_DIR, write_text_atomic
+from synth.spec import JUDGE_CLASSIFIER, EvalSpec, Spec
+
+WEIGHTS, RECORD, REFERENCE = JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE
+
+
+def classifier_recipe(evaluation: EvalSpec, seed: int) -> TrainSettings:
+    """The evaluation's classifier recipe (spec.eval), which the judge trains with too."""
+    return TrainSettings(
+        architecture=evaluation.classifier,
+        image_size=evaluation.image_size,
+        epochs=evaluation.epochs,
+        batch_size=evaluation.batch_size,
+        learning_rate=evaluation.learning_rate,
+        patience=evaluation.patience,
+        class_weighted=evaluation.class_weighted,
+        seed=seed,
+        precision=evaluation.precision,
+    )
+
+
+@dataclass(frozen=True)
+class JudgeRecord:
+    """What `qc/judge.json` says about the judge beside it."""
+
+    classes: tuple[str, ...]
+    settings: TrainSettings
+    start: str  # "imagenet" or "random"
+    train_images: tuple[tuple[str, str], ...]  # (image id, sha256) in reference order
+    val_images: tuple[tuple[str, str], ...]  # early stopping only
+    val_auc: float
+    epochs_run: int
+    train_seconds: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> JudgeRecord:
+        data = json.loads(text)
+        return cls(
+            classes=tuple(data["classes"]),
+            settings=TrainSettings(**data["settings"]),
+            start=data["start"],
+            train_images=tuple(tuple(pair) for pair in data["train_images"]),
+            val_images=tuple(tuple(pair) for pair in data["val_images"]),
+            val_auc=float(data["val_auc"]),
+            epochs_run=int(data["epochs_run"]),
+            train_seconds=float(data["train_seconds"]),
+        )
+
+
+@dataclass(frozen=True)
+class RealReference:
+    """The real train images' judge features, centred on their mean and scaled to unit
+    length, so an inner product is the centred cosine the evaluation's memorisation uses."""
+
+    image_ids: tuple[str, ...]
+    centre: np.ndarray  # [dim] the train features' mean
+    features: np.ndarray  # [n, dim] float32, unit rows
+
+
+@dataclass(frozen=True)
+class Judge:
+    model: torch.nn.Module
+    record: JudgeRecord
+    reference: RealReference
+    sha256: str  # of the weights file: part of the run's identity
+
+
+def prepare_judge(
+    spec: Spec,
+    classes: list[str],
+    train: list[LabelledImage],
+    val: list[LabelledImage],
+    out: Path,
+) -> Judge:
+    """The run's judge: the one in `out/qc/` when it matches these images and this recipe,
+    else the one `qc.judge` names (copied in), else a new one trained here and saved."""
+    folder = out / QC_DIR
+    settings = classifier_recipe(spec.eval, seed=spec.seed)
+    if spec.qc.judge != JUDGE_CLASSIFIER and not (folder / WEIGHTS).is_file():
+        _copy_judge(Path(spec.qc.judge), folder)
+    if (folder / WEIGHTS).is_file():
+        judge = load_judge(folder)
+        if spec.qc.judge == JUDGE_CLASSIFIER:
+            wanted = (tuple(classes), settings, _identities(train), _identities(val))
+            saved = judge.record
+            if (saved.classes, saved.settings, saved.train_images, saved.val_images) != wanted:
+                raise ModelError(
+                    f"{folder}: holds a judge trained on other images or with another recipe; "
+                    "use --overwrite to start the run again, or another --out"
+                )
+        elif list(judge.record.classes) != classes:
+            raise ModelError(
+                f"qc.judge {spec.qc.judge}: judges classes {list(judge.record.classes)}, not "
+                f"this spec's {classes}; train one for these classes (qc.judge: classifier)"
+            )
+        return judge
+    return train_judge(classes, train, val, settings, folder)
+
+
+def train_judge(
+    classes: list[str],
+    train: list[LabelledImage],
+    val: list[LabelledImage],
+    settings: TrainSettings,
+    folder: Path,
+) -> Judge:
+    """Train on the real train split (val for early stopping), save, and return the judge."""
+    started = time.perf_counter()
+    trained = train_classifier(train, val, len(classes), settings)
+    record = JudgeRecord(
+        classes=tuple(classes),
+        settings=settings,
+        start=trained.weights,
+        train_images=_identities(train),
+        val_images=_identities(val),
+        val_auc=float(trained.best_val_auc),
+        epochs_run=trained.epochs_run,
+        train_seconds=round(time.perf_counter() - started, 3),
+    )
+    features = extract_features(trained.model, train, settings)
+    centre = features.mean(axis=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+    reference = {
+        "centre": torch.from_numpy(centre.astype(np.float32)),
+        "features": torch.from_numpy(centred_unit(features, centre).astype(np.float32)),
+    }
+    # The record last: a folder whose judge.json exists holds a whole judge.
+    write_text_atomic(folder / WEIGHTS, save(state))
+    write_text_atomic(folder / REFERENCE, save(reference))
+    write_text_atomic(folder / RECORD, record.to_json())
+    return load_judge(folder)
+
+
+def load_judge(folder: Path) -> Judge:
+    """A saved judge, its record and its real reference features."""
+    paths = {name: folder / name for name in JUDGE_FILES}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    if missing:
+        raise ModelError(
+            f"{folder}: not a saved judge (no {', '.join(missing)}); give the qc/ folder of a "
+            "run that trained one, or set qc.judge: classifier"
+        )
+    try:
+        record = JudgeRecord.from_json(paths[RECORD].read_text(encoding="utf-8"))
+        model = build_classifier(record.settings.architecture, len(record.classes)).model
+        model.load_state_dict(load_file(paths[WEIGHTS]))
+        tensors = load_file(paths[REFERENCE])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"{folder}: unreadable judge ({reason}); delete the folder to train it again"
+        ) from None
+    model.eval()
+    reference = RealReference(
+        image_ids=tuple(image_id for image_id, _ in record.train_images),
+        centre=tensors["centre"].numpy(),
+        features=tensors["features"].numpy(),
+    )
+    return Judge(model, record, reference, file_sha256(paths[WEIGHTS]))
+
+
+def _identities(images: list[LabelledImage]) -> tuple[tuple[str, str], ...]:
+    return tuple((image.key, file_sha256(Path(image.source))) for image in images)
+
+
+def _copy_judge(source: Path, folder: Path) -> None:
+    load_judge(source)  # refuses anything that is not a whole judge, before copying
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in JUDGE_FILES:
+        write_text_atomic(folder / name, (source / name).read_bytes())
