@@ -28,3 +28,15 @@ class InnerProductIndex:
         """Each query row's largest inner product with a reference row, and that row."""
         similarity, where = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
         return similarity[:, 0].astype(np.float64), where[:, 0]
+
+    def within(self, queries: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+        """Every (query row, reference row, inner product) with the product above the
+        threshold (faiss's exact range search)."""
+        lims, similarity, where = self._index.range_search(
+            np.ascontiguousarray(queries, dtype=np.float32), threshold
+        )
+        return [
+            (q, int(where[n]), float(similarity[n]))
+            for q in range(len(queries))
+            for n in range(lims[q], lims[q + 1])
+        ]

@@ -9,6 +9,8 @@
   synthetic arm) |
 | synth | synthetic only, when every class has some |
 | synth->real | pre-trained on synthetic, fine-tuned on real (RoentGen-v2: +6.5% vs +2.7%) |
+| real+uncurated@1 | with curation (qc) on: real train + each planned sample's first render,
+  accepted by the gate or not, at real+synth@1's counts: what the gate bought |
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from classifiers.data import LabelledImage
 from synth.errors import SynthError
 
 REAL, CONTROL, SYNTH_ONLY, PRETRAIN = "real", "real+dup", "synth", "synth->real"
+UNCURATED = "real+uncurated@1"
 # IU image ids in any layout: CXR1_1_IM-0001-3001.png, CXR1_IM-0001-3001.png, 1_IM-0001-3001.dcm.png
 _IU_IMAGE_ID = re.compile(r"^(?:CXR)?(\d+)_(?:\d+_)?(IM-[\d-]+)")
 
@@ -52,9 +55,11 @@ def build_arms(
     num_classes: int,
     fractions: Sequence[float],
     seed: int,
+    uncurated: Sequence[LabelledImage] = (),
 ) -> list[Arm]:
     """Every arm the data allows, real first. Synthetic images are taken in sample-id order, so
-    real+synth@0.25 is a subset of real+synth@0.5."""
+    real+synth@0.25 is a subset of real+synth@0.5. `uncurated` (each planned sample's first
+    render) makes the uncurated arm, with as many images per class as real+synth@1."""
     by_class = {
         c: sorted((s for s in synthetic if s.label == c), key=lambda s: s.key)
         for c in range(num_classes)
@@ -81,6 +86,20 @@ def build_arms(
             is_control=True,
         )
     )
+    if uncurated:
+        first_renders = [
+            image
+            for c in range(num_classes)
+            for image in sorted((u for u in uncurated if u.label == c), key=lambda u: u.key)[
+                : len(by_class[c])
+            ]
+        ]
+        arms.append(
+            Arm(
+                UNCURATED,
+                tuple(real_train) + tuple(first_renders),
+            )
+        )
     if all(by_class[c] for c in range(num_classes)):
         arms.append(Arm(SYNTH_ONLY, tuple(synthetic)))
         arms.append(Arm(PRETRAIN, tuple(real_train), pretrain=tuple(synthetic)))
@@ -122,10 +141,13 @@ def image_identities(source: Path | bytes | str) -> set[str]:
 
 
 def assert_no_leakage(
-    test: Iterable[LabelledImage], arms: Sequence[Arm], adapter_identities: set[str] = frozenset()
+    test: Iterable[LabelledImage],
+    arms: Sequence[Arm],
+    adapter_identities: set[str] = frozenset(),
+    judge_identities: set[str] = frozenset(),
 ) -> None:
-    """Refuse to evaluate if a test image trained a classifier or a LoRA, by id, by content
-    (the same file under two names) or by IU image id."""
+    """Refuse to evaluate if a test image trained a classifier, a LoRA or the curation judge,
+    by id, by content (the same file under two names) or by IU image id."""
     test = list(test)
     owner = {identity: item.key for item in test for identity in image_identities(item.source)}
     owner.update({item.key: item.key for item in test})
@@ -146,6 +168,13 @@ def assert_no_leakage(
         raise LeakageError(
             f"test image {owner[sorted(leaked)[0]]} trained a LoRA (its training.json lists "
             "it); retrain the adapter on the train split only"
+        )
+    leaked = judge_identities & owner.keys()
+    if leaked:
+        raise LeakageError(
+            f"test image {owner[sorted(leaked)[0]]} trained the curation judge (qc/judge.json "
+            "lists it); the judge's scores gated the synthetic set, so run again with --overwrite "
+            "once the test split is kept out of train and val"
         )
 
 

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from classifiers.data import LabelledImage
 from eval.arms import LeakageError, image_identities
 from synth.errors import SourceError, SynthError
-from synth.shards import DATA_DIR, UNTRAINED_DIR, shard_files
+from synth.preflight import JUDGE_RECORD
+from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, UNTRAINED_DIR, shard_files
 from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec
 
@@ -29,6 +30,19 @@ class EvalData:
     unreadable: int  # real images skipped because they could not be read
     adapter_images: list[str]  # images the class LoRAs were trained on (from training.json)
     untrained: list[LabelledImage]  # the random-weight model's images (none unless rendered)
+    curation: CurationData | None = None  # with qc on: what the gate did
+
+
+@dataclass(frozen=True)
+class CurationData:
+    """A curated run's gate, as its folder records it."""
+
+    kept_rows: list[dict]  # every kept row's label, attempt and qc_* columns (no image)
+    rejected: list[LabelledImage]  # every rejected render
+    rejected_rows: list[dict]  # their label, attempt, qc_* columns and qc_reason
+    uncurated: list[LabelledImage]  # each planned sample's first render, accepted or not
+    record: dict  # run.json's qc section: the judge and the per-class figures
+    judge_images: list[str]  # identities of the images that trained or early-stopped the judge
 
 
 def check_can_evaluate(spec: Spec) -> None:
@@ -45,10 +59,43 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
         raise SourceError(f"{run_dir}: no shards in {DATA_DIR}/; run `synth run` first")
     synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
     untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
+    curation = (
+        _curation(run_dir, index, synthetic, rows) if rows and "qc_passed" in rows[0] else None
+    )
     return EvalData(
         real.classes, real.train, real.val, real.test, synthetic,
         summarise_provenance(rows, spec.seed), real.unreadable, _adapter_images(spec), untrained,
+        curation,
     )  # fmt: skip
+
+
+def _curation(
+    run_dir: Path, index: dict[str, int], kept: list[LabelledImage], kept_rows: list[dict]
+) -> CurationData:
+    """The gate's record: kept and rejected renders with their scores, each sample's first
+    render, run.json's qc figures and the judge's training images."""
+    rejected, rejected_rows = _read_shards(run_dir / REJECTED_DIR, index)
+    first: dict[str, tuple[int, LabelledImage]] = {}
+    for image, row in zip([*kept, *rejected], [*kept_rows, *rejected_rows], strict=True):
+        sample = row["sample_id"]
+        if sample not in first or row["attempt"] < first[sample][0]:
+            first[sample] = (row["attempt"], image)
+    uncurated = [
+        LabelledImage(f"{sample}/first", image.source, image.label)
+        for sample, (_, image) in sorted(first.items())
+    ]
+    try:
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("qc", {})
+        judge = json.loads((run_dir / QC_DIR / JUDGE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SynthError(
+            f"{run_dir}: a curated run without a readable run.json or qc/{JUDGE_RECORD} ({err}); "
+            "re-run `synth run` to complete it"
+        ) from None
+    judge_images = [
+        f"sha256:{digest}" for _, digest in [*judge["train_images"], *judge["val_images"]]
+    ]
+    return CurationData(kept_rows, rejected, rejected_rows, uncurated, record, judge_images)
 
 
 PROVENANCE_COLUMNS = (

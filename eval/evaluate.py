@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from classifiers.features import centred_unit
 from classifiers.train import (
     TrainedClassifier,
     device,
@@ -29,10 +30,16 @@ from eval.data import EvalData, check_can_evaluate, load_eval_data, memorisation
 from eval.fid import ClassifierFeatures, InceptionFeatures, inception_weights
 from eval.fid_table import FID_MIN_N, fid_table
 from eval.ground_truth import detection_by_lesion
-from eval.metrics import label_fidelity, label_fidelity_at_thresholds, memorisation
+from eval.metrics import (
+    label_fidelity,
+    label_fidelity_at_thresholds,
+    memorisation,
+    near_duplicate_pairs,
+)
 from eval.report import write_outputs
 from eval.results import (
     ArmResult,
+    CurationReport,
     EvalResult,
     FidRow,
     LabelFidelity,
@@ -42,8 +49,8 @@ from eval.results import (
 from eval.scoring import ArmScores, score_arms, validation_thresholds
 from eval.train_arms import ArmJob, train_arms
 from eval.verdict import verdicts
-from synth.curate.judge import classifier_recipe
-from synth.shards import DATA_DIR, UNTRAINED_DIR
+from synth.curate.judge import classifier_recipe, load_judge
+from synth.shards import DATA_DIR, QC_DIR, UNTRAINED_DIR
 from synth.sources.phantom import OPACITY, read_phantom_lesions
 from synth.spec import PhantomSource, Spec
 from synth.versions import library_versions
@@ -51,16 +58,22 @@ from synth.versions import library_versions
 __all__ = ["check_can_evaluate", "evaluate"]
 MEMORISATION_PAIRS = 4  # the closest synthetic–training pairs the report shows
 EXAMPLES_PER_CLASS = 4  # synthetic images per class in the report's sample grids
+REJECTED_EXAMPLES = 8  # rejected renders the Curation section shows, with their reasons
+NEAR_DUPLICATE_PAIRS = 4  # the closest near-duplicate pairs it shows
 
 
 def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResult:
     """The whole evaluation of a run folder's shards, written to RUN_DIR/eval/."""
     started = time.perf_counter()
     data = load_eval_data(spec, run_dir)
+    curation = data.curation
     arms = build_arms(
-        data.train, data.synthetic, len(data.classes), spec.eval.synthetic_fractions, spec.seed
+        data.train, data.synthetic, len(data.classes), spec.eval.synthetic_fractions, spec.seed,
+        curation.uncurated if curation and curation.rejected else (),
+    )  # fmt: skip
+    assert_no_leakage(
+        data.test, arms, set(data.adapter_images), set(curation.judge_images if curation else ())
     )
-    assert_no_leakage(data.test, arms, set(data.adapter_images))
 
     scores, judge = _train(spec, arms, data, show_progress)
     val_labels = np.array([item.label for item in data.val])
@@ -109,6 +122,7 @@ def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResul
         versions=library_versions(),
         unreadable_real_images=data.unreadable,
         seconds=time.perf_counter() - started,
+        curation=_curation_report(spec, data, run_dir),
     )
     write_outputs(result, run_dir / "eval")
     return result
@@ -251,6 +265,49 @@ def _ground_truth(
         lesions["opacity_radius"].to_numpy(dtype=float),
         {arm: [run[:, c] for run in s.test] for arm, s in scores.items()},
         {arm: [repeat[c] for repeat in repeats] for arm, repeats in thresholds.items()},
+    )
+
+
+def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationReport | None:
+    """The gate's figures and pictures, and near-duplicates among the accepted images: pairs
+    of one class at or above eval.memorization_threshold on the curation judge's centred
+    features (a report figure, not a gate)."""
+    curation = data.curation
+    if curation is None:
+        return None
+    judge = load_judge(run_dir / QC_DIR)
+    features = extract_features(judge.model, data.synthetic, judge.record.settings)
+    unit = centred_unit(features, judge.reference.centre)
+    threshold = spec.eval.memorization_threshold
+    pairs = near_duplicate_pairs(unit, [s.label for s in data.synthetic], threshold)
+    passed = [r for r in curation.kept_rows if r["qc_passed"]]
+    failed = [r for r in curation.kept_rows if not r["qc_passed"]] + curation.rejected_rows
+
+    def column(rows: list[dict], key: str) -> np.ndarray:
+        return np.array([r[key] for r in rows], dtype=float)
+
+    return CurationReport(
+        min_label_score=spec.qc.min_label_score,
+        max_real_similarity=spec.qc.max_real_similarity,
+        judge_val_auc=curation.record.get("judge", {}).get("val_auc"),
+        judge_train_seconds=curation.record.get("judge", {}).get("train_seconds"),
+        per_class=curation.record.get("classes", {}),
+        accepted_label_scores=column(passed, "qc_label_score"),
+        accepted_similarities=column(passed, "qc_real_similarity"),
+        rejected_label_scores=column(failed, "qc_label_score"),
+        rejected_similarities=column(failed, "qc_real_similarity"),
+        rejected_examples=tuple(
+            (image, row["qc_reason"])
+            for image, row in list(zip(curation.rejected, curation.rejected_rows, strict=True))[
+                :REJECTED_EXAMPLES
+            ]
+        ),
+        near_duplicate_threshold=threshold,
+        near_duplicate_pairs=len(pairs),
+        near_duplicates=tuple(
+            (data.synthetic[i], data.synthetic[j], sim)
+            for i, j, sim in pairs[:NEAR_DUPLICATE_PAIRS]
+        ),
     )
 
 

@@ -192,6 +192,24 @@ def memorisation(
     return Memorisation(threshold, similarity, nearest)
 
 
+def near_duplicate_pairs(
+    unit_features: np.ndarray, labels: Sequence[int], threshold: float
+) -> list[tuple[int, int, float]]:
+    """Pairs of images of one class whose features (unit rows) have cosine at or above the
+    threshold, each pair once, closest first: exact search within each class."""
+    labels = np.asarray(labels)
+    pairs = {}
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        index = InnerProductIndex(unit_features[members])
+        # Just under the threshold: faiss keeps products strictly above its radius.
+        for row, col, sim in index.within(unit_features[members], np.nextafter(threshold, -1)):
+            i, j = int(members[row]), int(members[col])
+            if i != j and sim >= threshold:
+                pairs[(min(i, j), max(i, j))] = min(sim, 1.0)
+    return sorted(((i, j, s) for (i, j), s in pairs.items()), key=lambda p: (-p[2], p[0], p[1]))
+
+
 def rounded(value: float) -> float | None:
     """A figure as metrics.json keeps it: six decimals, None for NaN."""
     value = float(value)

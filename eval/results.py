@@ -41,7 +41,8 @@ class ClassAuc:
     sensitivity: float | None  # at each repeat's validation (Youden) threshold, averaged
     specificity: float | None
     delta_vs_real: Delta
-    delta_vs_control: Delta | None = None  # real+synth@1 only
+    delta_vs_control: Delta | None = None  # real+synth@1 and real+uncurated@1 only
+    delta_vs_uncurated: Delta | None = None  # real+synth@1, when curation ran
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,14 @@ class ArmResult:
 
 VsControl = Literal["beats_control", "matches_control", "below_control"]
 VsReal = Literal["helps", "no_effect", "hurts"]
+VsUncurated = Literal["curation_helps", "curation_no_effect", "curation_hurts"]
 
 
 @dataclass(frozen=True)
 class Comparison:
     """A paired difference and what its CI alone says about it."""
 
-    outcome: VsControl | VsReal
+    outcome: VsControl | VsReal | VsUncurated
     mean: float | None
     ci95: CI
 
@@ -84,6 +86,10 @@ class Verdict:
     control_vs_real: Delta | None  # what duplicating real images alone bought
     real_auc: float | None
     sentence: str
+    # With curation: the gated set against each sample's first render, and those first
+    # renders against the control.
+    vs_uncurated: Comparison | None = None
+    uncurated_vs_control: Delta | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,25 @@ class LesionDetection:
 
 
 @dataclass(frozen=True)
+class CurationReport:
+    """What the curation gate did and kept, for the report's Curation section."""
+
+    min_label_score: float
+    max_real_similarity: float
+    judge_val_auc: float | None
+    judge_train_seconds: float | None
+    per_class: Mapping[str, Mapping[str, object]]  # run.json's qc figures per class
+    accepted_label_scores: np.ndarray  # kept renders that passed
+    accepted_similarities: np.ndarray
+    rejected_label_scores: np.ndarray  # renders the gate rejected (and kept-best failures)
+    rejected_similarities: np.ndarray
+    rejected_examples: tuple[tuple[LabelledImage, str], ...]  # a few, with their reasons
+    near_duplicate_threshold: float
+    near_duplicate_pairs: int  # accepted pairs of one class at or above the threshold
+    near_duplicates: tuple[tuple[LabelledImage, LabelledImage, float], ...]  # the closest
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """The whole evaluation: every figure the reports and metrics.json show."""
 
@@ -199,3 +224,4 @@ class EvalResult:
     versions: Mapping[str, str]
     unreadable_real_images: int
     seconds: float
+    curation: CurationReport | None = None  # with qc on

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.arms import CONTROL, REAL, Arm, synth_arm_name
+from eval.arms import CONTROL, REAL, UNCURATED, Arm, synth_arm_name
 from eval.metrics import (
     bootstrap_aucs,
     bootstrap_indices,
@@ -76,7 +76,9 @@ def score_arms(
                 sensitivity_specificity(test_labels == c, run[:, c], repeat[c])
                 for run, repeat in zip(runs, thresholds[arm.name], strict=True)
             ]
-            with_control = arm.name == synth_arm_name(1.0) and CONTROL in scores
+            compared = arm.name in (synth_arm_name(1.0), UNCURATED)
+            with_control = compared and CONTROL in scores
+            with_uncurated = arm.name == synth_arm_name(1.0) and UNCURATED in scores
             per_class[label] = ClassAuc(
                 auc_mean=rounded(summary.per_class_mean[c]),
                 auc_std=rounded(summary.per_class_std[c]),
@@ -86,6 +88,7 @@ def score_arms(
                 specificity=rounded(np.mean([p for _, p in rates])),
                 delta_vs_real=NO_DIFFERENCE if arm.name == REAL else delta(arm.name, REAL, c),
                 delta_vs_control=delta(arm.name, CONTROL, c) if with_control else None,
+                delta_vs_uncurated=delta(arm.name, UNCURATED, c) if with_uncurated else None,
             )
         results.append(
             ArmResult(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from eval.arms import CONTROL, REAL, synth_arm_name
+from eval.arms import CONTROL, REAL, UNCURATED, synth_arm_name
 from eval.formatting import interval, signed
 from eval.results import CI, ArmResult, Comparison, Delta, Verdict
 
@@ -64,6 +64,15 @@ def verdicts(
             )
         control_vs_real = control.per_class[label].delta_vs_real if control and vs_control else None
         real_auc = by_name[REAL].per_class[label].auc_mean
+        vs_uncurated, uncurated_vs_control = None, None
+        if stats.delta_vs_uncurated is not None:
+            vs_uncurated = _compare(
+                stats.delta_vs_uncurated, "curation_helps", "curation_no_effect", "curation_hurts"
+            )
+            uncurated_vs_control = by_name[UNCURATED].per_class[label].delta_vs_control
+        text = sentence(label, vs_control, vs_real, control_vs_real, real_auc)
+        if vs_uncurated is not None:
+            text += " " + curation_sentence(label, vs_uncurated, uncurated_vs_control)
         judged.append(
             Verdict(
                 label=label,
@@ -72,7 +81,9 @@ def verdicts(
                 vs_real=vs_real,
                 control_vs_real=control_vs_real,
                 real_auc=real_auc,
-                sentence=sentence(label, vs_control, vs_real, control_vs_real, real_auc),
+                sentence=text,
+                vs_uncurated=vs_uncurated,
+                uncurated_vs_control=uncurated_vs_control,
             )
         )
     return tuple(judged)
@@ -123,6 +134,30 @@ def sentence(
             f" Real data alone already scores AUC {real_auc:.3f} here, so no arm can show a gain."
         )
     return text
+
+
+def curation_sentence(
+    label: str, vs_uncurated: Comparison, uncurated_vs_control: Delta | None
+) -> str:
+    """What the curation gate bought: the curated set against each planned sample's first
+    render (accepted or not), then those first renders against the control."""
+    if vs_uncurated.mean is None or None in vs_uncurated.ci95:
+        return "The curated and uncurated sets could not be compared (no AUC on some resample)."
+    lead = {
+        "curation_helps": "Curation helped",
+        "curation_no_effect": "Curation made no measurable difference",
+        "curation_hurts": "Curation hurt",
+    }[vs_uncurated.outcome]
+    text = (
+        f"{lead}: the gated {label} images changed AUC by {signed(vs_uncurated.mean)} (95% CI "
+        f"{interval(vs_uncurated.ci95)}) against the uncurated first renders"
+    )
+    if uncurated_vs_control is not None and uncurated_vs_control.mean is not None:
+        text += (
+            f", which scored {signed(uncurated_vs_control.mean)} "
+            f"({interval(uncurated_vs_control.ci95)}) against the count-matched control"
+        )
+    return text + "."
 
 
 def _compare(delta: Delta, above: str, middle: str, below: str) -> Comparison:

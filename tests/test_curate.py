@@ -313,3 +313,52 @@ def test_two_ray_workers_and_a_resumed_run_give_the_same_accepted_set(
     assert len(_rows(resumed / "data")) == 4
     _run(tmp_path, data, resumed, name="resumed.yaml")
     assert _content(resumed) == _content(alone)
+
+
+def test_the_evaluation_sets_curated_against_uncurated_against_the_control(
+    tmp_path, passing_run, real_folder, small_model
+):
+    from eval.arms import UNCURATED, LeakageError
+    from eval.evaluate import evaluate
+
+    bar = _threshold(passing_run)
+    data = _spec_data(
+        real_folder, small_model, min_label_score=bar, max_attempts=6, on_exhausted="keep_best"
+    )
+    data["eval"].update(repeats=1, bootstrap=50, fid=["classifier"], synthetic_fractions=[1.0])
+    out = tmp_path / "out"
+    _run(tmp_path, data, out)
+    spec = load_spec(tmp_path / "spec.yaml")
+    result = evaluate(spec, out, show_progress=False)
+    arms = {arm.name: arm for arm in result.arms}
+    first_renders = [r for r in _rows(out / "data") + _rows(out / "rejected") if r["attempt"] == 1]
+    assert len(first_renders) == 8  # every planned sample's first render, accepted or not
+    assert arms[UNCURATED].train_images == arms["real+synth@1"].train_images
+    (verdict,) = result.verdicts
+    assert verdict.vs_uncurated is not None and verdict.uncurated_vs_control is not None
+    assert "against the uncurated first renders" in verdict.sentence
+    assert "against the count-matched control" in verdict.sentence
+    assert (
+        verdict.vs_uncurated.mean
+        == arms["real+synth@1"].per_class["opacity"].delta_vs_uncurated.mean
+    )
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["curation"]["classes"]["opacity"]["planned"] == 6
+    assert metrics["curation"]["rejected"] >= 1 and metrics["curation"]["judge_val_auc"] is not None
+    report = (out / "eval" / "report.html").read_text()
+    assert "Curation: what the gate accepted" in report and "Rejected renders" in report
+    assert (out / "eval" / "curation-scores.png").is_file()
+    assert "curated vs uncurated" in (out / "eval" / "report.md").read_text()
+
+    # A judge that saw a test image: the evaluation refuses, naming it.
+    record_path = out / "qc" / "judge.json"
+    record = json.loads(record_path.read_text())
+    manifest = pd.read_csv(real_folder / "real.csv")
+    test_image = manifest[manifest.split == "test"].path.iloc[0]
+    import hashlib
+
+    digest = hashlib.sha256((real_folder / test_image).read_bytes()).hexdigest()
+    record["train_images"].append([test_image, digest])
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(LeakageError, match="trained the curation judge"):
+        evaluate(spec, out, show_progress=False)

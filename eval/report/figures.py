@@ -28,6 +28,14 @@ def figures(result: EvalResult) -> dict[str, bytes]:
         pictures["memorisation-pairs"] = strip(
             [image for pair in result.memorisation.pairs for image in pair[:2]]
         )
+    if result.curation is not None:
+        pictures["curation-scores"] = curation_figure(result)
+        pictures["curation-rejected"] = strip(
+            [image for image, _ in result.curation.rejected_examples]
+        )
+        pictures["curation-near-duplicates"] = strip(
+            [image for pair in result.curation.near_duplicates for image in pair[:2]]
+        )
     for c in range(len(result.classes)):
         pictures[f"samples-{c}"] = strip(real_examples(result, c) + synthetic_examples(result, c))
     return pictures
@@ -120,6 +128,27 @@ def memorisation_figure(result: EvalResult) -> bytes:
     axis.set_xlabel("cosine similarity to the nearest training image (classifier features)")
     axis.set_ylabel("synthetic images")
     axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def curation_figure(result: EvalResult) -> bytes:
+    """The gate's two scores for accepted and failing renders, with its thresholds."""
+    c = result.curation
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    panels = (
+        ("judge's probability of the intended class", c.accepted_label_scores,
+         c.rejected_label_scores, c.min_label_score, (0.0, 1.0)),
+        ("centred cosine to the nearest real train image", c.accepted_similarities,
+         c.rejected_similarities, c.max_real_similarity, (-1.0, 1.0)),
+    )  # fmt: skip
+    for axis, (title, accepted, rejected, bar, span) in zip(axes, panels, strict=True):
+        bins = np.linspace(*span, 31)
+        axis.hist(accepted, bins=bins, color="#2ca02c", alpha=0.7, label="accepted")
+        axis.hist(rejected, bins=bins, color="#d62728", alpha=0.6, label="rejected")
+        axis.axvline(bar, color="black", linestyle="--", label=f"threshold {bar:g}")
+        axis.set_xlabel(title)
+        axis.set_ylabel("renders")
+        axis.legend(fontsize=8)
     return _png(figure)
 
 

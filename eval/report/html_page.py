@@ -63,6 +63,26 @@ def report_html(result: EvalResult, pictures: dict[str, bytes]) -> str:
             "".join(f"<p>{e(s)}</p>" for s in tables.untrained_sentences(result)),
             _table(*untrained),
         ]
+    if result.curation is not None:
+        parts += [
+            f"<h2>{e(tables.CURATION_TITLE)}</h2>",
+            "".join(f"<p>{e(s)}</p>" for s in tables.curation_sentences(result)),
+            _table(*tables.curation_table(result)),
+            _embed(pictures["curation-scores"], "curation scores, accepted and rejected"),
+            "<h3>Rejected renders</h3>",
+            "".join(
+                f"<p>{_image(image, 'rejected')} {e(image.key)}: {e(reason)}</p>"
+                for image, reason in result.curation.rejected_examples
+            )
+            or "<p>None.</p>",
+            "<h3>Closest near-duplicate pairs</h3>",
+            "".join(
+                f"<p>{_image(a, 'synthetic')} {_image(b, 'synthetic')} cosine {sim:.3f} "
+                f"({e(a.key)} ↔ {e(b.key)})</p>"
+                for a, b, sim in result.curation.near_duplicates
+            )
+            or "<p>None at the threshold.</p>",
+        ]
     parts += [
         "<h2>Label fidelity</h2>",
         f"<p>{e(tables.fidelity_note(result))}</p>",

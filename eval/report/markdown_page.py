@@ -36,6 +36,25 @@ def report_markdown(result: EvalResult) -> str:
         lines += ["### Check: the generator beats random weights", ""]
         lines += [*(_md(s) for s in tables.untrained_sentences(result)), ""]
         lines += [*_table(*untrained), ""]
+    curation = result.curation
+    if curation is not None:
+        lines += [f"## {tables.CURATION_TITLE}", ""]
+        lines += [*(_md(s) for s in tables.curation_sentences(result)), ""]
+        lines += [*_table(*tables.curation_table(result)), ""]
+        lines += ["![curation scores](curation-scores.png)", "", "### Rejected renders", ""]
+        lines += [
+            *_table(["render", "reason"], [[i.key, r] for i, r in curation.rejected_examples]),
+            "",
+            "![rejected renders](curation-rejected.png)",
+            "",
+            "### Closest near-duplicate pairs",
+            "",
+            *_table(
+                ["synthetic", "synthetic", "cosine"],
+                [[a.key, b.key, f"{sim:.3f}"] for a, b, sim in curation.near_duplicates],
+            ),
+            "",
+        ]
     lines += ["## Label fidelity", "", _md(tables.fidelity_note(result)), ""]
     lines += [*_table(*tables.fidelity_table(result)), ""]
     lines += ["## Samples: real (left) and synthetic (right)", ""]

@@ -47,10 +47,29 @@ def metrics_json(result: EvalResult) -> dict:
             "real_train": as_json(result.real_counts),
             "synthetic": as_json(result.synthetic_counts),
         },
+        "curation": curation(result),
         "unreadable_real_images": result.unreadable_real_images,
         "seconds": round(result.seconds, 2),
         "config": as_json(result.config),
         "versions": as_json(result.versions),
+    }
+
+
+def curation(result: EvalResult) -> dict | None:
+    """The gate's figures; None when the run was not curated."""
+    c = result.curation
+    if c is None:
+        return None
+    return {
+        "min_label_score": c.min_label_score,
+        "max_real_similarity": c.max_real_similarity,
+        "judge_val_auc": c.judge_val_auc,
+        "judge_train_seconds": c.judge_train_seconds,
+        "classes": as_json(c.per_class),
+        "accepted": len(c.accepted_label_scores),
+        "rejected": len(c.rejected_label_scores),
+        "near_duplicate_threshold": c.near_duplicate_threshold,
+        "near_duplicate_pairs": c.near_duplicate_pairs,
     }
 
 

@@ -22,16 +22,73 @@ def headline(result: EvalResult) -> list[str]:
 def verdict_table(result: EvalResult) -> Table:
     header = ["class", "vs count-matched control", "Δ AUC (95% CI)", "vs real only",
               "Δ AUC (95% CI)", "control vs real"]  # fmt: skip
+    curated = any(v.vs_uncurated is not None for v in result.verdicts)
+    if curated:
+        header += ["curated vs uncurated", "Δ AUC (95% CI)", "uncurated vs control"]
     rows = []
     for v in result.verdicts:
         control = v.vs_control
-        rows.append([
+        row = [
             v.label,
             control.outcome if control else "—",
             _delta(control.mean, control.ci95) if control else "—",
             v.vs_real.outcome,
             _delta(v.vs_real.mean, v.vs_real.ci95),
             _delta(v.control_vs_real.mean, v.control_vs_real.ci95) if v.control_vs_real else "—",
+        ]  # fmt: skip
+        if curated:
+            gate, first = v.vs_uncurated, v.uncurated_vs_control
+            row += [
+                gate.outcome if gate else "—",
+                _delta(gate.mean, gate.ci95) if gate else "—",
+                _delta(first.mean, first.ci95) if first else "—",
+            ]
+        rows.append(row)
+    return header, rows
+
+
+CURATION_TITLE = "Curation: what the gate accepted, rejected and bought"
+
+
+def curation_sentences(result: EvalResult) -> list[str]:
+    """The gate's thresholds and judge, what it accepted, and the near-duplicates it left."""
+    c = result.curation
+    judge = (
+        f"The judge (trained on the real train split before generation) scored validation AUC "
+        f"{fixed(c.judge_val_auc)} and took {fixed(c.judge_train_seconds, 1)} s to train."
+    )
+    gate = (
+        f"The gate accepted a render when the judge gave its intended class a probability of "
+        f"at least {c.min_label_score:g} and its nearest real train image was at centred cosine "
+        f"at most {c.max_real_similarity:g}; {len(c.accepted_label_scores)} accepted image(s) "
+        f"and {len(c.rejected_label_scores)} failing render(s) are scored below."
+    )
+    near = (
+        f"Near-duplicates among the accepted images (a figure, not a gate): "
+        f"{c.near_duplicate_pairs} pair(s) of one class at centred cosine ≥ "
+        f"{c.near_duplicate_threshold:g} on the judge's features."
+    )
+    if not result.verdicts or all(v.vs_uncurated is None for v in result.verdicts):
+        near += (
+            " No uncurated arm was trained: the gate rejected nothing, so the uncurated set "
+            "would be the curated one."
+        )
+    return [judge, gate, near]
+
+
+def curation_table(result: EvalResult) -> Table:
+    header = ["class", "planned", "renders scored", "acceptance", "kept", "kept passing",
+              "dropped", "attempts of kept images", "rejections"]  # fmt: skip
+    rows = []
+    for label, figures in result.curation.per_class.items():
+        scored = figures["kept"] + figures["rejected_renders"]
+        rate = figures.get("acceptance_rate")
+        rows.append([
+            label, figures["planned"], scored,
+            "—" if rate is None or scored == 0 else f"{rate:.0%}",
+            figures["kept"], figures["passed"], figures["dropped"],
+            ", ".join(f"{a}: {n}" for a, n in figures["attempts"].items()) or "—",
+            ", ".join(f"{k}: {n}" for k, n in figures["rejections"].items()) or "—",
         ])  # fmt: skip
     return header, rows
 
