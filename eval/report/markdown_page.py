@@ -49,10 +49,8 @@ def report_markdown(result: EvalResult) -> str:
             "",
             "### Closest near-duplicate pairs",
             "",
-            *_table(
-                ["synthetic", "synthetic", "cosine"],
-                [[a.key, b.key, f"{sim:.3f}"] for a, b, sim in curation.near_duplicates],
-            ),
+            *_pairs_table("synthetic", curation.near_duplicates),
+            "![closest near-duplicate pairs](curation-near-duplicates.png)",
             "",
         ]
     lines += ["## Label fidelity", "", _md(tables.fidelity_note(result)), ""]
@@ -68,17 +66,19 @@ def report_markdown(result: EvalResult) -> str:
             "",
             "![nearest-neighbour similarity](memorisation.png)",
             "",
-            *_table(
-                ["synthetic", "nearest training image", "cosine"],
-                [[s.key, r.key, f"{sim:.3f}"] for s, r, sim in memo.pairs],
-            ),
-            "",
+            *_pairs_table("nearest training image", memo.pairs),
             "![closest pairs](memorisation-pairs.png)",
             "",
         ]
     lines += ["## Provenance", "", *_table(*tables.provenance_table(result)), ""]
     lines += [_md(tables.closing_line(result))]
     return "\n".join(lines) + "\n"
+
+
+def _pairs_table(second: str, pairs) -> list[str]:
+    """Image pairs by key with their cosine, and a blank line."""
+    rows = [[a.key, b.key, f"{sim:.3f}"] for a, b, sim, *_ in pairs]
+    return [*_table(["synthetic", second, "cosine"], rows), ""]
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
