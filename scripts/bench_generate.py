@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--scale-samples", type=int, default=10_000_000)
     parser.add_argument("--skip-options", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--qc-repeats", type=int, default=3, help="engine with/without curation")
     parser.add_argument("--profile", type=Path, help="write a torch.profiler summary here")
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak, for an unlisted GPU")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
@@ -140,6 +142,8 @@ def main() -> None:
     figures["tflop_per_unet_call"] = round(flops.unet_call / 1e12, 4)
     if args.device == "cuda":
         figures["batch_sizes"] = _sweep(settings, args, flops.per_image)
+    if args.qc_repeats:
+        figures["qc"] = _curation_cost(settings, folder, args.qc_repeats)
     if not args.skip_options:
         options = fast_path_options(replace(settings, images=args.option_images), args.compile)
         figures["fast_path"] = [asdict(option) for option in options]
@@ -178,6 +182,23 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
         print(f"figures: {args.json}")
+
+
+def _curation_cost(settings: BenchSettings, folder: Path, repeats: int) -> dict:
+    """The engine with curation on against off, side by side, alternating which goes first;
+    thresholds admit everything, so the difference is the judge's scoring alone."""
+    rows, ratios = [], []
+    for n in range(repeats):
+        order = (False, True) if n % 2 == 0 else (True, False)
+        rates = {qc: engine_run(settings, folder, qc=qc, tag=f"-{n}").steady_images_per_second
+                 for qc in order}  # fmt: skip
+        ratios.append(rates[True] / rates[False])
+        rows.append([str(n + 1), f"{rates[False]:.2f}", f"{rates[True]:.2f}", f"{ratios[-1]:.3f}"])
+    median = statistics.median(ratios)
+    rows.append(["median", "", "", f"{median:.3f}"])
+    _print_table(["repeat", "images/s, qc off", "images/s, qc on (scored)", "on / off"], rows)
+    return {"repeats": repeats, "ratios": [round(r, 3) for r in ratios],
+            "median_ratio": round(median, 3)}  # fmt: skip
 
 
 def _sweep(settings: BenchSettings, args: argparse.Namespace, flops_per_image: int) -> list:

@@ -173,11 +173,19 @@ def _synchronize(device: torch.device) -> None:
 
 
 def engine_run(
-    settings: BenchSettings, folder: Path, in_process: bool = False, profile: Path | None = None
+    settings: BenchSettings,
+    folder: Path,
+    in_process: bool = False,
+    profile: Path | None = None,
+    qc: bool | None = None,
+    tag: str = "",
 ) -> EngineResult:
     """`synth run` of the same workload through a local Ray, one worker, shards written; or
     in this process without Ray, which tells the engine's own cost from Ray's. With `profile`,
-    the worker writes a torch.profiler table of its second shard there."""
+    the worker writes a torch.profiler table of its second shard there. With `qc` set, the
+    source is a small phantom (real images for a judge) and curation is on (True) or off
+    (False); its thresholds admit every image, so no render is regenerated and the difference
+    is the judge's scoring alone."""
     import json
     import os
 
@@ -202,8 +210,25 @@ def engine_run(
         },
         "classes": {"opacity": {"prompts": [PROMPT]}},
         "compute": {"num_workers": 1},
-        "output": {"dir": str(folder / f"run-{in_process=}"), "shard_size": settings.shard_size},
+        "output": {
+            "dir": str(folder / f"run-{in_process=}-{qc=}{tag}"),
+            "shard_size": settings.shard_size,
+        },
     }
+    if qc is not None:
+        side = max(32, settings.height // 8 * 8)
+        spec_data["source"] = {
+            "kind": "phantom",
+            "path": str(folder / "phantom"),
+            "count": 200,
+            "image_size": side,
+            "opacity_prevalence": 0.2,
+            "seed": 0,
+        }
+        spec_data["classes"]["normal"] = {"prompts": [PROMPT]}
+        spec_data["target"] = {"synthetic": {"opacity": settings.images, "normal": 0}}
+        spec_data["eval"] = {"image_size": side, "epochs": 2, "patience": 1}
+        spec_data["qc"] = {"enabled": qc, "min_label_score": 0.0, "max_real_similarity": 1.0}
     spec_file = folder / "bench.yaml"
     spec_file.write_text(yaml.safe_dump(spec_data, sort_keys=False), encoding="utf-8")
     if profile is not None:

@@ -41,3 +41,22 @@ def test_mfu_uses_the_listed_bf16_peaks():
     assert bf16_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert bf16_peak_flops("NVIDIA H200") == 989e12
     assert bf16_peak_flops("a CPU") is None
+
+
+def test_the_engine_runs_with_and_without_curation_on_a_phantom(small_model: Path, tmp_path):
+    import pyarrow.parquet as pq
+
+    from synth.bench import engine_run
+
+    settings = BenchSettings(
+        device="cpu", model=small_model, images=16, batch_size=4, height=32, width=32, steps=2,
+        guidance_scale=7.0, dtype="float32", shard_size=4,
+    )  # fmt: skip
+    for qc in (False, True):
+        result = engine_run(settings, tmp_path, in_process=True, qc=qc)
+        assert result.steady_images_per_second > 0
+        rows = pq.read_table(tmp_path / f"run-in_process=True-{qc=}" / "data")
+        assert ("qc_passed" in rows.column_names) == qc and rows.num_rows == 16
+        if qc:  # the thresholds admit every image: nothing regenerated
+            assert all(rows.column("qc_passed").to_pylist())
+            assert set(rows.column("attempt").to_pylist()) == {1}
