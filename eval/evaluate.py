@@ -50,6 +50,7 @@ from eval.scoring import ArmScores, score_arms, validation_thresholds
 from eval.train_arms import ArmJob, train_arms
 from eval.verdict import verdicts
 from synth.curate.judge import classifier_recipe, load_judge
+from synth.curate.summary import similarity_warning
 from synth.shards import DATA_DIR, QC_DIR, UNTRAINED_DIR
 from synth.sources.phantom import OPACITY, read_phantom_lesions
 from synth.spec import PhantomSource, Spec
@@ -291,6 +292,10 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationRepor
         max_real_similarity=spec.qc.max_real_similarity,
         judge_val_auc=curation.record.get("judge", {}).get("val_auc"),
         judge_train_seconds=curation.record.get("judge", {}).get("train_seconds"),
+        held_out_similarity=judge.record.val_nearest_similarity,
+        similarity_warning=similarity_warning(
+            spec.qc.max_real_similarity, judge.record.val_nearest_similarity
+        ),
         per_class=curation.record.get("classes", {}),
         accepted_label_scores=column(passed, "qc_label_score"),
         accepted_similarities=column(passed, "qc_real_similarity"),

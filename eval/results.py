@@ -187,6 +187,10 @@ class CurationReport:
     max_real_similarity: float
     judge_val_auc: float | None
     judge_train_seconds: float | None
+    # What real held-out (val) images score against the train split on the same similarity:
+    # percentiles p50, p95, p99 and max.
+    held_out_similarity: Mapping[str, float]
+    similarity_warning: str | None  # when the bar rejects renders as close as real images come
     per_class: Mapping[str, Mapping[str, object]]  # run.json's qc figures per class
     accepted_label_scores: np.ndarray  # kept renders that passed
     accepted_similarities: np.ndarray

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from synth.curate.summary import ClassCuration, curation_by_class
+from synth.curate.summary import ClassCuration, curation_by_class, similarity_warning
 from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
 from synth.errors import OutputError, PlanError, SynthError, Terminated
 from synth.generate.render import RenderSettings
@@ -290,7 +290,8 @@ def _generate(
         )
         invocation["steady_images_per_second"] = round(steady, 4)
         invocation["teardown_seconds"] = round(finished - first_shard["last_at"], 3)
-        _keep_throughput(spec, steady, report.workers, summary.startup_seconds, out)
+        if not spec.qc.enabled:  # regenerated renders would understate the engine's speed
+            _keep_throughput(spec, steady, report.workers, summary.startup_seconds, out)
     invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
@@ -333,6 +334,9 @@ def _prepare_judge(
             f"{judge.record.val_auc:.3f}",
             flush=True,
         )
+    warning = similarity_warning(spec.qc.max_real_similarity, judge.record.val_nearest_similarity)
+    if warning:
+        logger.warning("%s", warning)
     return judge.sha256
 
 

@@ -74,6 +74,15 @@ def test_the_gate_decides_by_the_spec_thresholds():
     assert margin(QCScore(0.8, 0.85, "r", None), qc) == pytest.approx(0.05)
 
 
+def test_a_similarity_bar_below_what_real_held_out_images_score_is_warned_about():
+    from synth.curate.summary import similarity_warning
+
+    held_out = {"p50": 0.92, "p95": 0.974, "p99": 0.982, "max": 0.99}
+    warning = similarity_warning(0.95, held_out)
+    assert "below what real held-out (val) images score" in warning and "0.982" in warning
+    assert similarity_warning(0.98, held_out) is None
+
+
 def test_curation_figures_per_class():
     figures = curation_by_class(
         {"opacity": 3, "normal": 1},
@@ -147,6 +156,7 @@ def test_every_image_is_scored_and_the_judge_is_saved_with_its_record(passing_ru
     assert not {i for i, _ in judge.record.train_images + judge.record.val_images} & set(
         manifest[manifest.split == "test"].path
     )
+    assert set(judge.record.val_nearest_similarity) == {"p50", "p95", "p99", "max"}
     record = json.loads((out / "run.json").read_text())
     assert record["qc"]["judge"]["sha256"] == judge.sha256
     assert record["qc"]["classes"]["opacity"]["acceptance_rate"] == 1.0

@@ -65,6 +65,7 @@ def curation(result: EvalResult) -> dict | None:
         "max_real_similarity": c.max_real_similarity,
         "judge_val_auc": c.judge_val_auc,
         "judge_train_seconds": c.judge_train_seconds,
+        "held_out_similarity": as_json(c.held_out_similarity),
         "classes": as_json(c.per_class),
         "accepted": len(c.accepted_label_scores),
         "rejected": len(c.rejected_label_scores),

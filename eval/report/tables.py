@@ -61,8 +61,13 @@ def curation_sentences(result: EvalResult) -> list[str]:
         f"The gate accepted a render when the judge gave its intended class a probability of "
         f"at least {c.min_label_score:g} and its nearest real train image was at centred cosine "
         f"at most {c.max_real_similarity:g}; {len(c.accepted_label_scores)} accepted image(s) "
-        f"and {len(c.rejected_label_scores)} failing render(s) are scored below."
+        f"and {len(c.rejected_label_scores)} failing render(s) are scored below. Real "
+        f"held-out (val) images score a median {c.held_out_similarity['p50']:.3f} against the "
+        f"train split on the same similarity (95th percentile "
+        f"{c.held_out_similarity['p95']:.3f}, 99th {c.held_out_similarity['p99']:.3f})."
     )
+    if c.similarity_warning:
+        gate += f" Warning: {c.similarity_warning}."
     near = (
         f"Near-duplicates among the accepted images (a figure, not a gate): "
         f"{c.near_duplicate_pairs} pair(s) of one class at centred cosine ≥ "

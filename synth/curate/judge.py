@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from classifiers.data import LabelledImage
-from classifiers.features import centred_unit
+from classifiers.features import InnerProductIndex, centred_unit
 from classifiers.models import build_classifier
 from classifiers.train import TrainSettings, extract_features, train_classifier
 from synth.errors import ModelError
@@ -68,6 +68,11 @@ class JudgeRecord:
     val_auc: float
     epochs_run: int
     train_seconds: float
+    # Held-out real images against the train split: each val image's centred cosine to its
+    # nearest train image, by percentile ("p50", "p95", "p99", "max"). What a real image
+    # scores, for judging qc.max_real_similarity: a bar below p95 rejects renders for being
+    # as close to the train split as real held-out images are.
+    val_nearest_similarity: dict[str, float]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -84,6 +89,7 @@ class JudgeRecord:
             val_auc=float(data["val_auc"]),
             epochs_run=int(data["epochs_run"]),
             train_seconds=float(data["train_seconds"]),
+            val_nearest_similarity={k: float(v) for k, v in data["val_nearest_similarity"].items()},
         )
 
 
@@ -147,6 +153,12 @@ def train_judge(
     """Train on the real train split (val for early stopping), save, and return the judge."""
     started = time.perf_counter()
     trained = train_classifier(train, val, len(classes), settings)
+    features = extract_features(trained.model, train, settings)
+    centre = features.mean(axis=0)
+    reference_features = centred_unit(features, centre).astype(np.float32)
+    held_out, _ = InnerProductIndex(reference_features).nearest(
+        centred_unit(extract_features(trained.model, val, settings), centre)
+    )
     record = JudgeRecord(
         classes=tuple(classes),
         settings=settings,
@@ -156,14 +168,16 @@ def train_judge(
         val_auc=float(trained.best_val_auc),
         epochs_run=trained.epochs_run,
         train_seconds=round(time.perf_counter() - started, 3),
+        val_nearest_similarity={
+            name: round(float(np.percentile(held_out, q)), 6)
+            for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+        },
     )
-    features = extract_features(trained.model, train, settings)
-    centre = features.mean(axis=0)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
     reference = {
         "centre": torch.from_numpy(centre.astype(np.float32)),
-        "features": torch.from_numpy(centred_unit(features, centre).astype(np.float32)),
+        "features": torch.from_numpy(reference_features),
     }
     # The record last: a folder whose judge.json exists holds a whole judge.
     write_text_atomic(folder / WEIGHTS, save(state))

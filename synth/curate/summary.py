@@ -82,3 +82,18 @@ def describe_acceptance(curation: dict[str, ClassCuration]) -> str:
             part += f", {c.dropped} dropped"
         parts.append(part + ")")
     return "curation: " + "; ".join(parts)
+
+
+def similarity_warning(max_real_similarity: float, held_out: dict[str, float]) -> str | None:
+    """A warning when the similarity bar would reject more than one real held-out image in
+    twenty: then it rejects renders for being as close to the train split as real images are,
+    which is not memorisation."""
+    if max_real_similarity >= held_out["p95"]:
+        return None
+    return (
+        f"qc.max_real_similarity {max_real_similarity:g} is below what real held-out (val) "
+        f"images score against the train split (median {held_out['p50']:.3f}, 95th percentile "
+        f"{held_out['p95']:.3f}): the gate will reject renders for being as close to the train "
+        f"split as real images are; a bar near the 99th percentile ({held_out['p99']:.3f}) "
+        "flags only what is closer than real images come"
+    )
