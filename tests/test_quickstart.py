@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval.arms import CONTROL, PRETRAIN, REAL, SYNTH_ONLY, synth_arm_name
+from eval.arms import CONTROL, PRETRAIN, REAL, SYNTH_ONLY, UNCURATED, synth_arm_name
 from synth.cli import main
 from synth.spec import PhantomSource, load_spec
 from tests.conftest import write_spec
@@ -30,6 +30,7 @@ def test_the_quickstart_uses_the_shipped_model_and_a_verified_lora():
     assert record["split"] == "train" and record["rows_per_label"]["opacity"] > 0
     assert len(record["image_sha256"]) == record["rows"]
     assert spec.eval.enabled and spec.eval.repeats >= 2
+    assert spec.qc.enabled
 
 
 @pytest.mark.slow
@@ -51,7 +52,11 @@ def test_a_reduced_quickstart_runs_the_whole_mission(tmp_path: Path, capsys):
     metrics = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
     names = {arm["name"] for arm in metrics["arms"]}
     fractions = data["eval"]["synthetic_fractions"]
-    assert names == {REAL, CONTROL, SYNTH_ONLY, PRETRAIN, *map(synth_arm_name, fractions)}
+    expected = {REAL, CONTROL, SYNTH_ONLY, PRETRAIN, *map(synth_arm_name, fractions)}
+    # Curation is on: the uncurated arm runs whenever the gate rejected a render.
+    rejected = sum(c["rejected_renders"] for c in metrics["curation"]["classes"].values())
+    assert names == (expected | {UNCURATED} if rejected else expected)
+    assert "curation: " in printed and metrics["curation"]["judge_val_auc"] is not None
     assert all(arm["repeats"] == 2 for arm in metrics["arms"])
     assert metrics["label_fidelity"]["opacity"] is not None
     [verdict] = metrics["verdicts"]
