@@ -35,6 +35,7 @@ from eval.metrics import (
     label_fidelity_at_thresholds,
     memorisation,
     near_duplicate_pairs,
+    same_class_pairs,
 )
 from eval.report import write_outputs
 from eval.results import (
@@ -280,7 +281,14 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationRepor
     features = extract_features(judge.model, data.synthetic, judge.record.settings)
     unit = centred_unit(features, judge.reference.centre)
     threshold = spec.eval.memorization_threshold
-    pairs = near_duplicate_pairs(unit, [s.label for s in data.synthetic], threshold)
+    labels = [s.label for s in data.synthetic]
+    pairs = near_duplicate_pairs(unit, labels, threshold)
+    # The same figure for the real train images (the judge's reference, in id order): how
+    # often real images of one class are this close to each other.
+    train_labels = {item.key: item.label for item in data.train}
+    real_labels = [train_labels[i] for i in judge.reference.image_ids if i in train_labels]
+    real_rows = [n for n, i in enumerate(judge.reference.image_ids) if i in train_labels]
+    real_pairs = near_duplicate_pairs(judge.reference.features[real_rows], real_labels, threshold)
     passed = [r for r in curation.kept_rows if r["qc_passed"]]
     failed = [r for r in curation.kept_rows if not r["qc_passed"]] + curation.rejected_rows
 
@@ -309,6 +317,8 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationRepor
         ),
         near_duplicate_threshold=threshold,
         near_duplicate_pairs=len(pairs),
+        near_duplicate_share=len(pairs) / max(same_class_pairs(labels), 1),
+        real_pair_share=len(real_pairs) / max(same_class_pairs(real_labels), 1),
         near_duplicates=tuple(
             (data.synthetic[i], data.synthetic[j], sim)
             for i, j, sim in pairs[:NEAR_DUPLICATE_PAIRS]

@@ -210,6 +210,12 @@ def near_duplicate_pairs(
     return sorted(((i, j, s) for (i, j), s in pairs.items()), key=lambda p: (-p[2], p[0], p[1]))
 
 
+def same_class_pairs(labels: Sequence[int]) -> int:
+    """How many unordered pairs of one class the labels hold."""
+    counts = np.bincount(np.asarray(labels, dtype=int)) if len(labels) else np.zeros(0, int)
+    return int((counts * (counts - 1) // 2).sum())
+
+
 def rounded(value: float) -> float | None:
     """A figure as metrics.json keeps it: six decimals, None for NaN."""
     value = float(value)

@@ -199,6 +199,8 @@ class CurationReport:
     rejected_examples: tuple[tuple[LabelledImage, str], ...]  # a few, with their reasons
     near_duplicate_threshold: float
     near_duplicate_pairs: int  # accepted pairs of one class at or above the threshold
+    near_duplicate_share: float  # ... as a share of all same-class pairs of accepted images
+    real_pair_share: float  # the same share among the real train images: what real data does
     near_duplicates: tuple[tuple[LabelledImage, LabelledImage, float], ...]  # the closest
 
 

@@ -470,7 +470,8 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
     """The run's identity: a digest of everything that decides the images. That is the seed,
     the generator settings but batch size, each class's prompts (as planned), negative prompt
     and LoRA file contents (not paths) and scale, the per-class counts, shard size and image
-    format. An output folder only ever holds one."""
+    format; with curation, the gate's settings (the judge's weights are added by run_spec).
+    An output folder only ever holds one."""
     generator = spec.generator.model_dump(mode="json")
     # Batch size and the fast path are throughput knobs, not an identity, so a run can resume
     # on a GPU of another size. (They can move a rare pixel by one level; see the README's
@@ -492,15 +493,16 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
             if lora is None
             else {"sha256": file_sha256(resolve_lora_file(lora.path)), "scale": lora.scale},
         }
-    return sha256_of_json(
-        {
-            "seed": spec.seed,
-            "generator": generator,
-            "classes": classes,
-            "shard_size": spec.output.shard_size,
-            "image_format": spec.output.image_format,
-        }
-    )
+    identity = {
+        "seed": spec.seed,
+        "generator": generator,
+        "classes": classes,
+        "shard_size": spec.output.shard_size,
+        "image_format": spec.output.image_format,
+    }
+    if spec.qc.enabled:  # the gate decides which renders are kept; the judge is added later
+        identity["qc"] = spec.qc.model_dump(mode="json", exclude={"judge", "enabled"})
+    return sha256_of_json(identity)
 
 
 def missing_shards(plan: Plan, data_dir: Path, spec_sha256: str) -> list[int]:

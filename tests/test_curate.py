@@ -83,6 +83,16 @@ def test_a_similarity_bar_below_what_real_held_out_images_score_is_warned_about(
     assert similarity_warning(0.98, held_out) is None
 
 
+def test_near_duplicate_pairs_within_a_class_are_found_once_each():
+    from eval.metrics import near_duplicate_pairs, same_class_pairs
+
+    unit = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0], [1.0, 0.0]])
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    assert [(i, j) for i, j, _ in near_duplicate_pairs(unit, [0, 0, 0, 1], 0.95)] == [(0, 1)]
+    assert len(near_duplicate_pairs(unit, [0, 0, 0, 0], 0.95)) == 3
+    assert same_class_pairs([0, 0, 0, 1]) == 3 and same_class_pairs([]) == 0
+
+
 def test_curation_figures_per_class():
     figures = curation_by_class(
         {"opacity": 3, "normal": 1},
@@ -190,6 +200,10 @@ def test_a_resumed_run_reuses_the_judge_and_a_changed_judge_is_refused(
     save_file(state, copy / "qc" / "judge.safetensors")
     with pytest.raises(OutputError, match="holds a run of a different spec"):
         _run(tmp_path, data, copy)
+    # So does another threshold: it decides which renders are kept.
+    stricter = dict(data, qc={**data["qc"], "min_label_score": 0.01})
+    with pytest.raises(OutputError, match="holds a run of a different spec"):
+        _run(tmp_path, stricter, out, name="stricter.yaml")
 
 
 def test_a_judge_saved_by_an_earlier_run_is_reused_as_is(tmp_path, passing_run):
@@ -355,6 +369,8 @@ def test_the_evaluation_sets_curated_against_uncurated_against_the_control(
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["curation"]["classes"]["opacity"]["planned"] == 6
     assert metrics["curation"]["rejected"] >= 1 and metrics["curation"]["judge_val_auc"] is not None
+    assert 0 <= metrics["curation"]["real_pair_share"] <= 1
+    assert 0 <= metrics["curation"]["near_duplicate_share"] <= 1
     report = (out / "eval" / "report.html").read_text()
     assert "Curation: what the gate accepted" in report and "Rejected renders" in report
     assert (out / "eval" / "curation-scores.png").is_file()

@@ -71,6 +71,8 @@ def curation(result: EvalResult) -> dict | None:
         "rejected": len(c.rejected_label_scores),
         "near_duplicate_threshold": c.near_duplicate_threshold,
         "near_duplicate_pairs": c.near_duplicate_pairs,
+        "near_duplicate_share": round(c.near_duplicate_share, 6),
+        "real_pair_share": round(c.real_pair_share, 6),
     }
 
 

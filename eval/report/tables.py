@@ -70,8 +70,10 @@ def curation_sentences(result: EvalResult) -> list[str]:
         gate += f" Warning: {c.similarity_warning}."
     near = (
         f"Near-duplicates among the accepted images (a figure, not a gate): "
-        f"{c.near_duplicate_pairs} pair(s) of one class at centred cosine ≥ "
-        f"{c.near_duplicate_threshold:g} on the judge's features."
+        f"{c.near_duplicate_pairs:,} pair(s) of one class at centred cosine ≥ "
+        f"{c.near_duplicate_threshold:g} on the judge's features, {c.near_duplicate_share:.1%} "
+        f"of all same-class pairs; real train images pair that closely {c.real_pair_share:.1%} "
+        "of the time, so only a share well above theirs points at a collapse in variety."
     )
     if not result.verdicts or all(v.vs_uncurated is None for v in result.verdicts):
         near += (
