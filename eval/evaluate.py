@@ -278,7 +278,7 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationRepor
     if curation is None:
         return None
     judge = load_judge(run_dir / QC_DIR)
-    features = extract_features(judge.model, data.synthetic, judge.record.settings)
+    features = extract_features(judge.model, data.synthetic, judge.scoring_settings)
     unit = centred_unit(features, judge.reference.centre)
     threshold = spec.eval.memorization_threshold
     labels = [s.label for s in data.synthetic]

@@ -57,7 +57,7 @@ class Gate:
         self.qc = qc
         self.image_format = image_format
         self.model = judge.model
-        self.settings = judge.record.settings
+        self.settings = judge.scoring_settings
         self.classes = list(judge.record.classes)
         self.reference = judge.reference
         self.index = InnerProductIndex(judge.reference.features)

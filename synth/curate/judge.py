@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,17 @@ class Judge:
     reference: RealReference
     sha256: str  # of the weights file: part of the run's identity
 
+    @property
+    def scoring_settings(self) -> TrainSettings:
+        return scoring_settings(self.record.settings)
+
+
+def scoring_settings(recipe: TrainSettings) -> TrainSettings:
+    """The judge scores in float32 everywhere (reference features, held-out baseline, the
+    workers' scores): one precision for every feature it compares, and on a CPU float32 scores
+    a small batch in half the time of bf16 autocast (8 against 18 ms for 4 images at 32 px)."""
+    return replace(recipe, precision="float32")
+
 
 def prepare_judge(
     spec: Spec,
@@ -153,11 +164,12 @@ def train_judge(
     """Train on the real train split (val for early stopping), save, and return the judge."""
     started = time.perf_counter()
     trained = train_classifier(train, val, len(classes), settings)
-    features = extract_features(trained.model, train, settings)
+    scoring = scoring_settings(settings)
+    features = extract_features(trained.model, train, scoring)
     centre = features.mean(axis=0)
     reference_features = centred_unit(features, centre).astype(np.float32)
     held_out, _ = InnerProductIndex(reference_features).nearest(
-        centred_unit(extract_features(trained.model, val, settings), centre)
+        centred_unit(extract_features(trained.model, val, scoring), centre)
     )
     record = JudgeRecord(
         classes=tuple(classes),
