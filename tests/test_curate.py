@@ -214,6 +214,18 @@ def test_a_judge_saved_by_an_earlier_run_is_reused_as_is(tmp_path, passing_run):
     assert (other / "qc" / "judge.safetensors").read_bytes() == (
         out / "qc" / "judge.safetensors"
     ).read_bytes()
+    # Another judge named for the same folder is refused, not silently ignored.
+    other_judge = tmp_path / "other-judge"
+    __import__("shutil").copytree(out / "qc", other_judge)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(other_judge / "judge.safetensors")
+    first = next(iter(state))
+    state[first] = state[first] * 2
+    save_file(state, other_judge / "judge.safetensors")
+    swapped = dict(data, qc={**data["qc"], "judge": str(other_judge)})
+    with pytest.raises(OutputError, match="curated by another judge"):
+        _run(tmp_path, swapped, other, name="swapped.yaml")
     # Same judge, same settings: the same images and scores.
     strip = ("created_at", "spec_sha256")
     assert [{k: v for k, v in r.items() if k not in strip} for r in _rows(other / "data")] == [
@@ -388,3 +400,54 @@ def test_the_evaluation_sets_curated_against_uncurated_against_the_control(
     record_path.write_text(json.dumps(record))
     with pytest.raises(LeakageError, match="trained the curation judge"):
         evaluate(spec, out, show_progress=False)
+
+
+@pytest.mark.ray
+def test_a_killed_curated_run_resumes_with_its_judge_and_finished_shards(
+    tmp_path, passing_run, real_folder, small_model
+):
+    """SIGKILL of the driver mid-run (no cleanup at all), then the same command: the saved
+    judge is reused, finished shards and their rejects are kept byte for byte, and the folder
+    ends with every planned sample once, as an uninterrupted run would."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bar = _threshold(passing_run)
+    data = _spec_data(
+        real_folder, small_model, min_label_score=bar, max_attempts=6, on_exhausted="keep_best"
+    )
+    data["target"] = {"synthetic": {"opacity": 40, "normal": 8}}
+    data["output"]["dir"] = "out"
+    spec = write_spec(tmp_path, data)
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec)]
+    driver = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((out / "data").glob("train-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run finished before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
+        judge = (out / "qc" / "judge.safetensors").read_bytes()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "training the judge" not in rerun.stdout and "curation: " in rerun.stdout
+    assert (out / "qc" / "judge.safetensors").read_bytes() == judge
+    for name, content in finished.items():
+        assert (out / "data" / name).read_bytes() == content
+    rows = _rows(out / "data")
+    assert sorted(r["sample_id"] for r in rows) == sorted(
+        pq.read_table(out / "plan.parquet").column("sample_id").to_pylist()
+    )
+    assert not list(out.rglob(".tmp-*"))

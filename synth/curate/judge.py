@@ -27,7 +27,7 @@ from classifiers.data import LabelledImage
 from classifiers.features import InnerProductIndex, centred_unit
 from classifiers.models import build_classifier
 from classifiers.train import TrainSettings, extract_features, train_classifier
-from synth.errors import ModelError
+from synth.errors import ModelError, OutputError
 from synth.preflight import (
     JUDGE_FILES,
     JUDGE_RECORD,
@@ -133,8 +133,15 @@ def prepare_judge(
     else the one `qc.judge` names (copied in), else a new one trained here and saved."""
     folder = out / QC_DIR
     settings = classifier_recipe(spec.eval, seed=spec.seed)
-    if spec.qc.judge != JUDGE_CLASSIFIER and not (folder / WEIGHTS).is_file():
-        _copy_judge(Path(spec.qc.judge), folder)
+    if spec.qc.judge != JUDGE_CLASSIFIER:
+        given = Path(spec.qc.judge) / WEIGHTS
+        if not (folder / WEIGHTS).is_file():
+            _copy_judge(given.parent, folder)
+        elif file_sha256(folder / WEIGHTS) != file_sha256(given):
+            raise OutputError(
+                f"{out}: holds a run curated by another judge than qc.judge {given.parent}; "
+                "pass --overwrite to replace it, or --out a new folder"
+            )
     if (folder / WEIGHTS).is_file():
         judge = load_judge(folder)
         if spec.qc.judge == JUDGE_CLASSIFIER:
