@@ -71,3 +71,33 @@ def write_spec(folder: Path, data: dict, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(copy.deepcopy(data), sort_keys=False), encoding="utf-8")
     return path
+
+
+def kill_run_after_shards(spec: Path, out: Path, shards: int = 2) -> tuple[list[str], dict]:
+    """Start `synth run SPEC` (local Ray), SIGKILL the driver alone once `shards` shard files
+    exist, then its orphaned Ray processes; the command, and the finished shards' bytes."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec)]
+    driver = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((out / "data").glob("train-*"))) < shards and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run finished before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-run
+        driver.wait(timeout=30)
+        finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
+        assert len(finished) >= shards
+    finally:
+        # The orphaned local Ray processes of the killed driver share its session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    return command, finished

@@ -23,7 +23,7 @@ from synth.plan import retry_seed
 from synth.run import run_spec
 from synth.shards import shard_is_complete
 from synth.spec import QCSpec, load_spec
-from tests.conftest import base_spec, write_spec
+from tests.conftest import base_spec, kill_run_after_shards, write_spec
 from tests.image_files import write_split_manifest
 
 pytestmark = pytest.mark.slow
@@ -409,12 +409,7 @@ def test_a_killed_curated_run_resumes_with_its_judge_and_finished_shards(
     """SIGKILL of the driver mid-run (no cleanup at all), then the same command: the saved
     judge is reused, finished shards and their rejects are kept byte for byte, and the folder
     ends with every planned sample once, as an uninterrupted run would."""
-    import contextlib
-    import os
-    import signal
     import subprocess
-    import sys
-    import time
 
     bar = _threshold(passing_run)
     data = _spec_data(
@@ -422,24 +417,9 @@ def test_a_killed_curated_run_resumes_with_its_judge_and_finished_shards(
     )
     data["target"] = {"synthetic": {"opacity": 40, "normal": 8}}
     data["output"]["dir"] = "out"
-    spec = write_spec(tmp_path, data)
     out = tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec)]
-    driver = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while len(list((out / "data").glob("train-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert driver.poll() is None, "the run finished before it could be killed"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-        finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
-        judge = (out / "qc" / "judge.safetensors").read_bytes()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)
+    command, finished = kill_run_after_shards(write_spec(tmp_path, data), out)
+    judge = (out / "qc" / "judge.safetensors").read_bytes()
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "training the judge" not in rerun.stdout and "curation: " in rerun.stdout

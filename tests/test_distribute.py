@@ -12,7 +12,7 @@ import pytest
 from synth.distribute import worker_count
 from synth.run import run_spec
 from synth.spec import Compute, load_spec
-from tests.conftest import base_spec, write_spec
+from tests.conftest import base_spec, kill_run_after_shards, write_spec
 
 
 def test_auto_worker_count():
@@ -121,36 +121,14 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
 def test_a_killed_driver_resumes_without_touching_finished_shards(
     tmp_path: Path, small_model: Path, small_lora: Path
 ):
-    import contextlib
-    import os
-    import signal
     import subprocess
-    import sys
-    import time
 
     data = base_spec(small_model, small_lora)
     data["target"] = {"synthetic": {"opacity": 60, "normal": 20}}
     data["compute"] = {"num_workers": 1}
     data["output"]["dir"] = "out"
-    spec = write_spec(tmp_path, data)
     out = tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "synth"), "run", str(spec)]
-    driver = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while len(list((out / "data").glob("train-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert driver.poll() is None, "the run finished before it could be killed"
-        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-run
-        driver.wait(timeout=30)
-        finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
-        assert len(finished) >= 2
-    finally:
-        # The orphaned local Ray processes of the killed driver share its session.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)
+    command, finished = kill_run_after_shards(write_spec(tmp_path, data), out)
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     # Quiet: neither Ray's token-authentication notice nor library UserWarnings.
