@@ -107,6 +107,8 @@ def test_chunk_encodes_each_window_as_sdxl_does_and_records_the_whole_prompt(sma
     assert torch.equal(short.embeds, embeds) and torch.equal(short.pooled, pooled)
     long = encoder.encode(LONG)
     assert long.windows == 2 and long.embeds.shape == (1, 154, embeds.shape[-1])
+    # Grouping counts windows from the token ids alone; it agrees with the encoding.
+    assert encoder.windows(LONG, "") == 2 and encoder.windows(SHORT, "") == 1
     sample = _sample(LONG)
     assert engine.recorded(sample).prompt == LONG  # kept whole, not cut
     args = encoder.conditioning([LONG, LONG], ["", ""])

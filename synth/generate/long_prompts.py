@@ -44,39 +44,51 @@ class LongPromptEncoder:
             returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
             requires_pooled_mask=[False, True],
         )
-        self._encoded: dict[str, Encoded] = {}
+        self._empty: Encoded | None = None  # the padding, encoded once
 
     def encode(self, text: str) -> Encoded:
-        if text not in self._encoded:
-            with torch.inference_mode():
-                embeds = self.provider.get_embeddings_for_weighted_prompt_fragments(
-                    text_batch=[[text]], fragment_weights_batch=[[1.0]], device=self.device
-                )
-                pooled = self.provider.get_pooled_embeddings([text], device=self.device)
-            self._encoded[text] = Encoded(embeds, pooled, embeds.shape[1] // self.window)
-        return self._encoded[text]
+        """A text's embeddings. Not cached: real captions are many and each long one takes
+        77 x windows x 2048 values, so they are encoded once per batch instead."""
+        with torch.inference_mode():
+            embeds = self.provider.get_embeddings_for_weighted_prompt_fragments(
+                text_batch=[[text]], fragment_weights_batch=[[1.0]], device=self.device
+            )
+            pooled = self.provider.get_pooled_embeddings([text], device=self.device)
+        return Encoded(embeds, pooled, embeds.shape[1] // self.window)
 
     def windows(self, prompt: str, negative_prompt: str) -> int:
-        """How many 77-token windows this sample's conditioning takes."""
-        return max(self.encode(prompt).windows, self.encode(negative_prompt).windows)
+        """How many 77-token windows this sample's conditioning takes: from compel's own
+        chunking of the token ids (no text encoder runs)."""
+        return max(
+            len(provider.get_token_ids_and_expand_weights([text], [1.0], device="cpu")[0])
+            // self.window
+            for provider in self.provider.embedding_providers
+            for text in (prompt, negative_prompt)
+        )
 
     def conditioning(
         self, prompts: list[str], negative_prompts: list[str]
     ) -> dict[str, torch.Tensor]:
         """The pipeline's embedding arguments for a batch whose samples all take the same
-        number of windows."""
+        number of windows; each distinct text is encoded once."""
         pairs = list(zip(prompts, negative_prompts, strict=True))
         windows = {self.windows(p, n) for p, n in pairs}
         if len(windows) != 1:
             raise ValueError(f"one batch, one window count; got {sorted(windows)}")
         (count,) = windows
-        return {
-            "prompt_embeds": torch.cat([self._padded(p, count) for p, _ in pairs]),
-            "pooled_prompt_embeds": torch.cat([self.encode(p).pooled for p, _ in pairs]),
-            "negative_prompt_embeds": torch.cat([self._padded(n, count) for _, n in pairs]),
-            "negative_pooled_prompt_embeds": torch.cat([self.encode(n).pooled for _, n in pairs]),
-        }
+        encoded = {text: self.encode(text) for text in {*prompts, *negative_prompts}}
+        if self._empty is None:
+            self._empty = self.encode("")
 
-    def _padded(self, text: str, windows: int) -> torch.Tensor:
-        encoded, empty = self.encode(text), self.encode("")
-        return torch.cat([encoded.embeds, *[empty.embeds] * (windows - encoded.windows)], dim=1)
+        def padded(text: str) -> torch.Tensor:
+            pad = [self._empty.embeds] * (count - encoded[text].windows)
+            return torch.cat([encoded[text].embeds, *pad], dim=1)
+
+        return {
+            "prompt_embeds": torch.cat([padded(p) for p in prompts]),
+            "pooled_prompt_embeds": torch.cat([encoded[p].pooled for p in prompts]),
+            "negative_prompt_embeds": torch.cat([padded(n) for n in negative_prompts]),
+            "negative_pooled_prompt_embeds": torch.cat(
+                [encoded[n].pooled for n in negative_prompts]
+            ),
+        }
