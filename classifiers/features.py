@@ -20,7 +20,6 @@ class InnerProductIndex:
     def __init__(self, reference: np.ndarray) -> None:
         import faiss
 
-        self.size = len(reference)
         self._index = faiss.IndexFlatIP(reference.shape[1])
         self._index.add(np.ascontiguousarray(reference, dtype=np.float32))
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from classifiers.data import LabelledImage
 from eval.arms import LeakageError, image_identities
+from synth.curate.judge import JudgeRecord
 from synth.errors import SourceError, SynthError
 from synth.preflight import JUDGE_RECORD
 from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, UNTRAINED_DIR, shard_files
@@ -59,9 +60,9 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
         raise SourceError(f"{run_dir}: no shards in {DATA_DIR}/; run `synth run` first")
     synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
     untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
-    curation = (
-        _curation(run_dir, index, synthetic, rows) if rows and "qc_passed" in rows[0] else None
-    )
+    # A curated run's shards have the gate's columns even when every sample was dropped.
+    curated = "qc_passed" in pq.read_schema(shard_files(run_dir / DATA_DIR)[0]).names
+    curation = _curation(run_dir, index, synthetic, rows) if curated else None
     return EvalData(
         real.classes, real.train, real.val, real.test, synthetic,
         summarise_provenance(rows, spec.seed), real.unreadable, _adapter_images(spec), untrained,
@@ -86,15 +87,13 @@ def _curation(
     ]
     try:
         record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("qc", {})
-        judge = json.loads((run_dir / QC_DIR / JUDGE_RECORD).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        judge = JudgeRecord.from_json((run_dir / QC_DIR / JUDGE_RECORD).read_text("utf-8"))
+    except (OSError, ValueError, KeyError) as err:
         raise SynthError(
             f"{run_dir}: a curated run without a readable run.json or qc/{JUDGE_RECORD} ({err}); "
             "re-run `synth run` to complete it"
         ) from None
-    judge_images = [
-        f"sha256:{digest}" for _, digest in [*judge["train_images"], *judge["val_images"]]
-    ]
+    judge_images = [f"sha256:{digest}" for _, digest in judge.train_images + judge.val_images]
     return CurationData(kept_rows, rejected, rejected_rows, uncurated, record, judge_images)
 
 

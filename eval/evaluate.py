@@ -278,10 +278,15 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationRepor
     if curation is None:
         return None
     judge = load_judge(run_dir / QC_DIR)
-    features = extract_features(judge.model, data.synthetic, judge.scoring_settings)
+    # Accepted images only: keep_best rows that failed the gate are not among them.
+    accepted = [
+        image for image, row in zip(data.synthetic, curation.kept_rows, strict=True)
+        if row["qc_passed"]
+    ]  # fmt: skip
+    features = extract_features(judge.model, accepted, judge.scoring_settings)
     unit = centred_unit(features, judge.reference.centre)
     threshold = spec.eval.memorization_threshold
-    labels = [s.label for s in data.synthetic]
+    labels = [s.label for s in accepted]
     pairs = near_duplicate_pairs(unit, labels, threshold)
     # The same figure for the real train images (the judge's reference, in id order): how
     # often real images of one class are this close to each other.
@@ -320,8 +325,7 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationRepor
         near_duplicate_share=len(pairs) / max(same_class_pairs(labels), 1),
         real_pair_share=len(real_pairs) / max(same_class_pairs(real_labels), 1),
         near_duplicates=tuple(
-            (data.synthetic[i], data.synthetic[j], sim)
-            for i, j, sim in pairs[:NEAR_DUPLICATE_PAIRS]
+            (accepted[i], accepted[j], sim) for i, j, sim in pairs[:NEAR_DUPLICATE_PAIRS]
         ),
     )
 

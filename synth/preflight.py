@@ -132,13 +132,17 @@ def check_qc_inputs(spec: Spec) -> None:
 
     real_images_by_split(spec, needed_by="qc (its judge)")
     if spec.qc.judge != JUDGE_CLASSIFIER:
-        folder = Path(spec.qc.judge)
-        missing = [name for name in JUDGE_FILES if not (folder / name).is_file()]
-        if missing:
-            raise ModelError(
-                f"qc.judge {folder}: not a saved judge (no {', '.join(missing)}); give the qc/ "
-                "folder of a run that trained one, or set qc.judge: classifier"
-            )
+        check_judge_folder(Path(spec.qc.judge), f"qc.judge {spec.qc.judge}")
+
+
+def check_judge_folder(folder: Path, where: str) -> None:
+    """A saved judge has all of its files; `where` names it in the message."""
+    missing = [name for name in JUDGE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelError(
+            f"{where}: not a saved judge (no {', '.join(missing)}); give the qc/ folder of a "
+            "run that trained one, or set qc.judge: classifier"
+        )
 
 
 def is_run_entry(name: str) -> bool:

@@ -34,6 +34,7 @@ from synth.generate.untrained import (
 from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name, size_problem
 from synth.preflight import (
     EVAL_DIR,
+    JUDGE_RECORD,
     LOCK_FILE,
     RUN_FILES,
     check_spec_files,
@@ -58,7 +59,7 @@ from synth.shards import (
     write_text_atomic,
 )
 from synth.sources import real_counts
-from synth.spec import Spec, sha256_of_json, spec_to_yaml
+from synth.spec import JUDGE_CLASSIFIER, Spec, sha256_of_json, spec_to_yaml
 from synth.throughput import record_run
 from synth.versions import library_versions
 
@@ -128,7 +129,10 @@ def run_spec(
             settings_sha256,
         )  # fmt: skip
         if baseline:
-            render_untrained_baseline(spec, plan, spec_sha256, out, baseline_on_ray, show_progress)
+            # Its images do not depend on the judge: identified by the settings alone.
+            render_untrained_baseline(
+                spec, plan, settings_sha256, out, baseline_on_ray, show_progress
+            )
         return summary
 
 
@@ -207,7 +211,8 @@ def _generate(
     if not (out / "plan.parquet").is_file() or len(run_record["invocations"]) == 1:
         with output_errors(out / "plan.parquet"):
             write_plan(plan, out / "plan.parquet")
-    write_text_atomic(out / "README.md", dataset_card(spec.name, run_record["classes"], spec_yaml))
+    card = dataset_card(spec.name, run_record["classes"], spec_yaml, curated=spec.qc.enabled)
+    write_text_atomic(out / "README.md", card)
 
     data_dir = out / DATA_DIR
     with output_errors(data_dir):
@@ -320,7 +325,7 @@ def _prepare_judge(
     if overwrite or previous_settings not in (None, settings_sha256):
         shutil.rmtree(out / QC_DIR, ignore_errors=True)  # start again: a fresh judge
     real = labelled_splits(spec, needed_by="qc (its judge)")
-    reused = (out / QC_DIR / "judge.json").is_file() or spec.qc.judge != "classifier"
+    reused = (out / QC_DIR / JUDGE_RECORD).is_file() or spec.qc.judge != JUDGE_CLASSIFIER
     if show_progress and not reused:
         print(
             f"qc: training the judge ({spec.eval.classifier}) on {len(real.train)} real train "

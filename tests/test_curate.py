@@ -370,6 +370,13 @@ def test_the_evaluation_sets_curated_against_uncurated_against_the_control(
     first_renders = [r for r in _rows(out / "data") + _rows(out / "rejected") if r["attempt"] == 1]
     assert len(first_renders) == 8  # every planned sample's first render, accepted or not
     assert arms[UNCURATED].train_images == arms["real+synth@1"].train_images
+    from eval.data import load_eval_data
+
+    first_bytes = sorted(r["image"]["bytes"] for r in first_renders)
+    uncurated = load_eval_data(spec, out).curation.uncurated
+    assert sorted(u.source for u in uncurated) == first_bytes  # not the kept images
+    kept_bytes = sorted(r["image"]["bytes"] for r in _rows(out / "data"))
+    assert first_bytes != kept_bytes
     (verdict,) = result.verdicts
     assert verdict.vs_uncurated is not None and verdict.uncurated_vs_control is not None
     assert "against the uncurated first renders" in verdict.sentence

@@ -26,13 +26,14 @@ from safetensors.torch import load_file, save
 from classifiers.data import LabelledImage
 from classifiers.features import InnerProductIndex, centred_unit
 from classifiers.models import build_classifier
-from classifiers.train import TrainSettings, extract_features, train_classifier
+from classifiers.train import TrainSettings, device, extract_features, train_classifier
 from synth.errors import ModelError, OutputError
 from synth.preflight import (
     JUDGE_FILES,
     JUDGE_RECORD,
     JUDGE_REFERENCE,
     JUDGE_WEIGHTS,
+    check_judge_folder,
     file_sha256,
 )
 from synth.shards import QC_DIR, write_text_atomic
@@ -54,6 +55,15 @@ def classifier_recipe(evaluation: EvalSpec, seed: int) -> TrainSettings:
         seed=seed,
         precision=evaluation.precision,
     )
+
+
+# The evaluation's real-only classifier of repeat 0 trains with the spec seed on the same data
+# and recipe: with that seed the judge would be the very model that then grades the gated set.
+JUDGE_SEED_OFFSET = 1_000_003
+
+
+def judge_seed(spec_seed: int) -> int:
+    return spec_seed + JUDGE_SEED_OFFSET
 
 
 @dataclass(frozen=True)
@@ -132,17 +142,17 @@ def prepare_judge(
     """The run's judge: the one in `out/qc/` when it matches these images and this recipe,
     else the one `qc.judge` names (copied in), else a new one trained here and saved."""
     folder = out / QC_DIR
-    settings = classifier_recipe(spec.eval, seed=spec.seed)
+    settings = classifier_recipe(spec.eval, seed=judge_seed(spec.seed))
     if spec.qc.judge != JUDGE_CLASSIFIER:
         given = Path(spec.qc.judge) / WEIGHTS
-        if not (folder / WEIGHTS).is_file():
+        if not (folder / RECORD).is_file():
             _copy_judge(given.parent, folder)
         elif file_sha256(folder / WEIGHTS) != file_sha256(given):
             raise OutputError(
                 f"{out}: holds a run curated by another judge than qc.judge {given.parent}; "
                 "pass --overwrite to replace it, or --out a new folder"
             )
-    if (folder / WEIGHTS).is_file():
+    if (folder / RECORD).is_file():  # written last: a whole judge
         judge = load_judge(folder)
         if spec.qc.judge == JUDGE_CLASSIFIER:
             wanted = (tuple(classes), settings, _identities(train), _identities(val))
@@ -207,13 +217,8 @@ def train_judge(
 
 def load_judge(folder: Path) -> Judge:
     """A saved judge, its record and its real reference features."""
+    check_judge_folder(folder, str(folder))
     paths = {name: folder / name for name in JUDGE_FILES}
-    missing = [name for name, path in paths.items() if not path.is_file()]
-    if missing:
-        raise ModelError(
-            f"{folder}: not a saved judge (no {', '.join(missing)}); give the qc/ folder of a "
-            "run that trained one, or set qc.judge: classifier"
-        )
     try:
         record = JudgeRecord.from_json(paths[RECORD].read_text(encoding="utf-8"))
         model = build_classifier(record.settings.architecture, len(record.classes)).model
@@ -224,7 +229,7 @@ def load_judge(folder: Path) -> Judge:
         raise ModelError(
             f"{folder}: unreadable judge ({reason}); delete the folder to train it again"
         ) from None
-    model.eval()
+    model.to(device()).eval()  # where classifiers' inference sends its inputs
     reference = RealReference(
         image_ids=tuple(image_id for image_id, _ in record.train_images),
         centre=tensors["centre"].numpy(),
@@ -240,5 +245,5 @@ def _identities(images: list[LabelledImage]) -> tuple[tuple[str, str], ...]:
 def _copy_judge(source: Path, folder: Path) -> None:
     load_judge(source)  # refuses anything that is not a whole judge, before copying
     folder.mkdir(parents=True, exist_ok=True)
-    for name in JUDGE_FILES:
+    for name in (WEIGHTS, REFERENCE, RECORD):  # the record last, as train_judge writes it
         write_text_atomic(folder / name, (source / name).read_bytes())

@@ -44,7 +44,6 @@ class LongPromptEncoder:
             returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
             requires_pooled_mask=[False, True],
         )
-        self._empty: Encoded | None = None  # the padding, encoded once
 
     def encode(self, text: str) -> Encoded:
         """A text's embeddings. Not cached: real captions are many and each long one takes
@@ -76,12 +75,11 @@ class LongPromptEncoder:
         if len(windows) != 1:
             raise ValueError(f"one batch, one window count; got {sorted(windows)}")
         (count,) = windows
-        encoded = {text: self.encode(text) for text in {*prompts, *negative_prompts}}
-        if self._empty is None:
-            self._empty = self.encode("")
+        # Per batch, the padding too: a class LoRA may act on the text encoders.
+        encoded = {text: self.encode(text) for text in {*prompts, *negative_prompts, ""}}
 
         def padded(text: str) -> torch.Tensor:
-            pad = [self._empty.embeds] * (count - encoded[text].windows)
+            pad = [encoded[""].embeds] * (count - encoded[text].windows)
             return torch.cat([encoded[text].embeds, *pad], dim=1)
 
         return {

@@ -199,25 +199,36 @@ class SampleGenerator:
         return self._recorded_prompts[(text, policy)]
 
     def _render_batch(self, batch: list[PlannedSample]) -> RenderedBatch:
-        """Render, check and (with a gate) score each sample, re-rendering with a derived
-        seed what came out NaN or black or failed the gate, up to the attempt limit."""
+        """Render, check and (with a gate) score each sample, re-rendering with a derived seed
+        what came out NaN or black (at most MAX_ATTEMPTS such renders a sample) or failed the
+        gate (at most qc.max_attempts scored renders a sample)."""
         batch = [self.recorded(sample) for sample in batch]  # rendered as recorded
         qc = self.gate.qc if self.gate else None
-        limit = qc.max_attempts if qc else MAX_ATTEMPTS
+        bad: dict[str, int] = {}  # NaN or black renders per sample
+        scored: dict[str, int] = {}  # renders the gate scored per sample
         kept: dict[str, RenderedImage] = {}
         best: dict[str, RenderedImage] = {}  # each sample's best-scoring rejected render
         rejected: list[RenderedImage] = []
-        pending = list(batch)
-        for attempt in range(1, limit + 1):
+        exhausted: list[PlannedSample] = []
+        pending, attempt = list(batch), 0
+        while pending:
+            attempt += 1
             seeds = [retry_seed(sample.seed, attempt) for sample in pending]
             pixels = self._call_pipeline(pending, seeds)
             healthy, retry = [], []
             for sample, image_pixels, seed in zip(pending, pixels, seeds, strict=True):
-                if self.image_check(image_pixels):
-                    retry.append(sample)
+                if not self.image_check(image_pixels):
+                    image = VaeImageProcessor.numpy_to_pil(image_pixels[None])[0]
+                    healthy.append(RenderedImage(sample, image, seed, attempt))
                     continue
-                image = VaeImageProcessor.numpy_to_pil(image_pixels[None])[0]
-                healthy.append(RenderedImage(sample, image, seed, attempt))
+                bad[sample.sample_id] = bad.get(sample.sample_id, 0) + 1
+                if bad[sample.sample_id] >= MAX_ATTEMPTS:
+                    raise GenerationError(
+                        f"sample {sample.sample_id}: image still NaN or black after "
+                        f"{MAX_ATTEMPTS} attempts; use generator.dtype float32 or bfloat16, or "
+                        "the fp16-fix VAE"
+                    )
+                retry.append(sample)
             if retry:
                 logger.warning(
                     "%d image(s) came out NaN or black on attempt %d; retrying with derived seeds",
@@ -225,34 +236,29 @@ class SampleGenerator:
                     attempt,
                 )
             for item in self._scored(healthy):
+                sample_id = item.sample.sample_id
                 if item.qc is None or item.qc.passed or qc.on_reject == "keep":
-                    kept[item.sample.sample_id] = item
+                    kept[sample_id] = item
                     continue
                 rejected.append(item)
-                retry.append(item.sample)
-                previous = best.get(item.sample.sample_id)
-                if previous is None or margin(item.qc, qc) > margin(previous.qc, qc):
-                    best[item.sample.sample_id] = item
+                if sample_id not in best or margin(item.qc, qc) > margin(best[sample_id].qc, qc):
+                    best[sample_id] = item
+                scored[sample_id] = scored.get(sample_id, 0) + 1
+                (retry if scored[sample_id] < qc.max_attempts else exhausted).append(item.sample)
             pending = sorted(retry, key=batch.index)
-            if not pending:
-                break
         dropped = []
-        for sample in pending:
-            if sample.sample_id not in best:  # every render NaN or black
-                raise GenerationError(
-                    f"sample {sample.sample_id}: image still NaN or black after {limit} "
-                    "attempts; use generator.dtype float32 or bfloat16, or the fp16-fix VAE"
-                )
+        for sample in sorted(exhausted, key=batch.index):
+            choice = best[sample.sample_id]
             if qc.on_exhausted == "error":
                 raise GenerationError(
-                    f"sample {sample.sample_id}: all {limit} renders failed the qc gate (the "
-                    f"best: {best[sample.sample_id].qc.reason}); loosen qc.min_label_score or "
+                    f"sample {sample.sample_id}: all {qc.max_attempts} renders failed the qc gate "
+                    f"(the best: {choice.qc.reason}); loosen qc.min_label_score or "
                     "qc.max_real_similarity, raise qc.max_attempts, or set qc.on_exhausted: "
                     "keep_best or drop"
                 )
             if qc.on_exhausted == "keep_best":
-                kept[sample.sample_id] = best[sample.sample_id]  # flagged: qc passed is false
-                rejected.remove(best[sample.sample_id])
+                kept[sample.sample_id] = choice  # flagged: qc_passed is false
+                rejected = [r for r in rejected if r is not choice]
             else:
                 dropped.append(sample)
         return RenderedBatch(
