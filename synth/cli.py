@@ -121,6 +121,18 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
     preview.add_argument("--out", type=Path, required=True, help="the grid PNG to write")
     preview.set_defaults(command=_preview)
+
+    studio = commands.add_parser(
+        "studio", help="browse runs, compare and generate images in a local web app"
+    )
+    studio.add_argument("runs", type=Path, nargs="*", metavar="RUN_DIR", help="run folders to open")
+    studio.add_argument("--spec", type=Path, help="open this spec's output.dir (and its model)")
+    studio.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    studio.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    studio.add_argument(
+        "--token", help="a secret every request must carry; required with a non-local --host"
+    )
+    studio.set_defaults(command=_studio)
     return parser
 
 
@@ -286,6 +298,22 @@ def _preview(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     written = preview_class(spec, args.label, args.n, args.out)
     print(f"{args.out}: grid of {len(written)} samples; single PNGs in {written[0].parent}")
+
+
+def _studio(args: argparse.Namespace) -> None:
+    from synth.errors import SpecError
+    from synth.spec import load_spec
+    from synth.studio import serve
+
+    folders = list(args.runs)
+    if args.spec is not None:
+        folders.append(load_spec(args.spec).output.dir)  # output.dir, or runs/NAME
+    if not folders:
+        raise SpecError("give RUN_DIR(s) to open, or --spec SPEC for its output.dir")
+    try:
+        serve(folders, args.host, args.port, args.token)
+    except KeyboardInterrupt:
+        return
 
 
 if __name__ == "__main__":

@@ -41,6 +41,18 @@ class GenerationError(SynthError):
     exit_code = 1
 
 
+class RequestError(SynthError):
+    """A studio request that cannot be served: names the field (a parameter, `run`,
+    `sample_id`) and carries the HTTP status to answer with."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as cluster schedulers send it: handled exactly like Ctrl-C (KeyboardInterrupt),
     so every write in progress is undone and the run is recorded as interrupted."""

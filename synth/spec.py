@@ -25,6 +25,14 @@ from synth.errors import SpecError
 # separator or start with a dot: a label like "../../x" is rejected here.
 LabelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 SchedulerName = Literal["euler", "euler_ancestral", "dpmpp_2m", "ddim", "unipc"]
+# Each scheduler name's diffusers class (by name, so this module stays torch-free).
+SCHEDULER_CLASSES: dict[str, str] = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
 DtypeName = Literal["float32", "float16", "bfloat16"]
 MAX_SEED = 2**63 - 1
 M = TypeVar("M", bound=BaseModel)

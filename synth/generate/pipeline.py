@@ -14,17 +14,10 @@ from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionXLPipeline,
-    UniPCMultistepScheduler,
-)
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
@@ -35,17 +28,11 @@ from synth.generate.long_prompts import LongPromptEncoder
 from synth.plan import PlannedSample, retry_seed
 from synth.preflight import check_model_reference, file_sha256, resolve_lora_file
 from synth.prompt_tokens import fit_prompt, fits
-from synth.spec import ClassSpec, FastPath, Generator
+from synth.spec import SCHEDULER_CLASSES, ClassSpec, FastPath, Generator
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = {
-    "euler": EulerDiscreteScheduler,
-    "euler_ancestral": EulerAncestralDiscreteScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-    "ddim": DDIMScheduler,
-    "unipc": UniPCMultistepScheduler,
-}
+SCHEDULERS = {name: getattr(diffusers, cls) for name, cls in SCHEDULER_CLASSES.items()}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # A bad image (NaN or all black) is retried with a derived seed at most this many times in all.
 MAX_ATTEMPTS = 3
@@ -174,6 +161,28 @@ class SampleGenerator:
                 sample.negative_prompt, policy, f"classes.{sample.label}.negative_prompt"
             ),
         )
+
+    @contextmanager
+    def adjusted(self, settings: Generator, lora_scales: dict[str, float]) -> Iterator[None]:
+        """Render with other per-image settings (steps, guidance scale, size, batch size) and
+        LoRA scales, then restore the spec's: what the studio changes per request. The loaded
+        weights, dtype and scheduler stay, so only those settings may differ."""
+        fixed = ("model", "vae", "dtype", "scheduler", "fast_path", "long_prompts")
+        changed = [key for key in fixed if getattr(settings, key) != getattr(self.settings, key)]
+        if changed:
+            raise ValueError(f"cannot change {changed} without reloading the pipeline")
+        saved = (self.settings, self.adapters)
+        self.settings = settings
+        self.adapters = {
+            label: replace(adapter, scale=lora_scales.get(label, adapter.scale))
+            for label, adapter in self.adapters.items()
+        }
+        self._active_label = None  # set_adapters again, with the new scale
+        try:
+            yield
+        finally:
+            self.settings, self.adapters = saved
+            self._active_label = None
 
     def _policy(self, label: str) -> str:
         cls = self.classes.get(label)

@@ -55,8 +55,9 @@ class RenderedShard:
 class ShardRenderer:
     """Loads the model on first use, then renders shard after shard with it."""
 
-    def __init__(self, settings: RenderSettings) -> None:
+    def __init__(self, settings: RenderSettings, device: torch.device | None = None) -> None:
         self.settings = settings
+        self.device = device  # None: the first visible GPU, else the CPU
         self.model_load_seconds: float | None = None
         self._generator = None
         self._shards_rendered = 0
@@ -74,7 +75,9 @@ class ShardRenderer:
                 if settings.qc is not None and settings.qc.enabled
                 else None
             )
-            self._generator = SampleGenerator(settings.generator, settings.classes, gate=gate)
+            self._generator = SampleGenerator(
+                settings.generator, settings.classes, device=self.device, gate=gate
+            )
             self.model_load_seconds = time.perf_counter() - started
         return self._generator
 
@@ -118,7 +121,8 @@ class ShardRenderer:
 
     def _records(self, batch: list[RenderedImage]) -> list[ImageRecord]:
         """Shard rows for rendered images, encoded with their provenance (and scores)."""
-        generator, settings = self.generator, self.settings.generator
+        generator = self.generator
+        settings = generator.settings  # the spec's, or what the studio adjusted for a request
         records = []
         for item in batch:
             adapter = generator.adapters.get(item.sample.label)
