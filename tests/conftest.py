@@ -32,6 +32,26 @@ def small_lora(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return save_random_lora(small_model, tmp_path_factory.mktemp("lora") / "opacity", seed=1)
 
 
+@pytest.fixture(scope="session")
+def studio_runs(tmp_path_factory: pytest.TempPathFactory, small_model: Path, small_lora: Path):
+    """Runs for the studio, made once: see tests/studio_runs.py."""
+    from tests.studio_runs import make_studio_runs
+
+    return make_studio_runs(tmp_path_factory.mktemp("studio"), small_model, small_lora)
+
+
+@pytest.fixture(scope="session")
+def studio(studio_runs):
+    """A studio server on a loopback port over the curated, plain and hostile runs."""
+    from synth.studio.app import create_app
+    from synth.studio.catalog import Catalog, open_runs
+    from tests.studio_runs import Server
+
+    runs = open_runs([studio_runs.curated, studio_runs.plain, studio_runs.hostile])
+    with Server(create_app(Catalog(runs))) as server:
+        yield server
+
+
 def base_spec(model: Path, lora: Path | None = None) -> dict:
     """A tiny, fast spec as plain data: 10 opacity + 3 normal images, shards of 4."""
     spec = {
