@@ -206,6 +206,13 @@ class GenerationQueue:
             worker.start()
             self._workers.append(worker)
 
+    def _set_loaded(self, device: torch.device, run: str | None) -> None:
+        with self._condition:
+            if run is None:
+                self.loaded.pop(str(device), None)
+            else:
+                self.loaded[str(device)] = run
+
     def _work(self, device: torch.device) -> None:
         key, renderer = None, None
         while True:
@@ -219,11 +226,11 @@ class GenerationQueue:
                     continue
                 if key != _renderer_key(queued.job.run):  # another model: free the old first
                     key, renderer = None, None
-                    self.loaded.pop(str(device), None)
+                    self._set_loaded(device, None)
                     _free_memory(device)
                     renderer = _load_renderer(queued.job.run, device)
                     key = _renderer_key(queued.job.run)
-                    self.loaded[str(device)] = queued.job.run.name
+                    self._set_loaded(device, queued.job.run.name)
                 queued.future.set_result(render(queued.job, renderer))
             except BaseException as err:  # the app stays up: the request gets the error
                 if renderer is not None and _is_out_of_memory(err):
