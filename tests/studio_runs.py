@@ -115,7 +115,7 @@ class Server:
         """(status, headers, body bytes); a dict body is sent as JSON with POST."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         request = urllib.request.Request(self.url + path, data=data, headers=headers or {})
-        if data is not None:
+        if data is not None and not request.has_header("Content-type"):
             request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=120) as response:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -161,14 +162,19 @@ def test_studio_generation_is_the_engines_to_the_byte(studio, studio_runs):
         assert data == row["image"]["bytes"]
 
 
-def test_studio_generation_of_a_curated_row_has_its_pixels(studio, studio_runs):
-    """A curated row's file also carries the gate's scores, which the studio does not compute:
-    the pixels are equal, the text differs by those scores."""
-    row = next(r for r in _rows(studio_runs.curated / "data") if r["attempt"] == 2)
-    _, _, data = studio.request("/api/generate", _as_request(row, "curated"))
-    assert (_pixels(data) == _pixels(row["image"]["bytes"])).all()
-    text = Image.open(io.BytesIO(data)).text
-    assert text["attempt"] == "2" and text["sample_id"] == row["sample_id"]
+def test_studio_generation_of_a_curated_row_is_its_file(studio, studio_runs):
+    """A curated row's file also carries the gate's scores: a reproduction whose pixels are the
+    row's gets them too (the studio does not score), so it is the row's file; kept and
+    rejected renders alike."""
+    kept = next(r for r in _rows(studio_runs.curated / "data") if r["attempt"] == 2)
+    rejected = next(r for r in _rows(studio_runs.curated / "rejected") if r["attempt"] == 1)
+    for row in (kept, rejected):
+        _, _, data = studio.request("/api/generate", _as_request(row, "curated"))
+        assert data == row["image"]["bytes"], row["attempt"]
+    unnamed = {**_as_request(kept, "curated"), "sample_id": None, "attempt": None}
+    _, _, data = studio.request("/api/generate", unnamed)
+    assert (_pixels(data) == _pixels(kept["image"]["bytes"])).all()
+    assert "qc_label_score" not in Image.open(io.BytesIO(data)).text  # never scored here
 
 
 def test_generate_fills_defaults_from_the_spec_and_records_them(studio):
@@ -239,8 +245,10 @@ def test_nothing_outside_the_runs_and_manifest_folders_is_served(studio, studio_
 def test_headers_forbid_inline_scripts_and_user_text_comes_back_as_data(studio):
     status, headers, page = studio.request("/")
     assert status == 200 and b'<script src="/static/app.js"' in page
-    policy = headers["Content-Security-Policy"]
-    assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+    directives = dict(
+        d.strip().split(" ", 1) for d in headers["Content-Security-Policy"].split(";")
+    )
+    assert directives["script-src"] == "'self'" and directives["default-src"] == "'none'"
     assert headers["X-Content-Type-Options"] == "nosniff"
     _, page = studio.json("/api/samples?run=plain&q=%3Cscript%3E")
     assert [s["prompt"] for s in page["samples"]] == [XSS_PROMPT] * page["total"]
@@ -252,6 +260,22 @@ def test_a_foreign_host_header_is_refused(studio):
     assert status == 400 and error["field"] == "host"
 
 
+def test_another_sites_page_cannot_queue_work(studio):
+    """A page elsewhere can POST to 127.0.0.1 without a preflight only as a form or text, and
+    the browser names its origin."""
+    body = json.dumps({"run": "plain", "seed": 1}).encode()
+    cases = [
+        ({"Content-Type": "text/plain"}, 415, "content-type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "content-type"),
+        ({"Origin": "http://evil.example"}, 403, "origin"),
+        ({"Sec-Fetch-Site": "cross-site"}, 403, "origin"),
+    ]
+    for headers, status, field in cases:
+        got, _, data = studio.request("/api/generate", body, headers)
+        assert (got, json.loads(data)["field"]) == (status, field), headers
+    assert studio.request("/api/generate", body, {"Origin": studio.url})[0] == 200
+
+
 def test_with_a_token_every_request_needs_it(studio_runs):
     app = create_app(Catalog(open_runs([studio_runs.plain])), token="s3cret")
     with Server(app) as server:
@@ -259,6 +283,7 @@ def test_with_a_token_every_request_needs_it(studio_runs):
         assert server.request("/static/app.js")[0] == 401
         assert server.json("/api/runs", headers={"Authorization": "Bearer s3cret"})[0] == 200
         assert server.json("/api/runs", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert server.json("/api/runs?token=%C3%A9")[0] == 401  # not ASCII: still a 401
         status, headers, _ = server.request("/?token=s3cret")
         assert status == 200 and "synth_token=s3cret" in headers["Set-Cookie"]
         cookie = {"Cookie": "synth_token=s3cret"}
@@ -279,6 +304,8 @@ def test_requests_queue_one_at_a_time_and_a_burst_past_the_bound_is_refused(stud
         first.start()  # loads the model: seconds, while the next wait
         while server.json("/api/queue?job=job0")[1]["position"] != 0:
             time.sleep(0.01)
+        twin = server.json("/api/generate", {"seed": 9}, {"X-Synth-Job": "job0"})
+        assert twin[0] == 409 and twin[1]["field"] == "x-synth-job"
         burst = [threading.Thread(target=post, args=(n,)) for n in range(1, 7)]
         for thread in burst:
             thread.start()
@@ -294,7 +321,7 @@ def test_requests_queue_one_at_a_time_and_a_burst_past_the_bound_is_refused(stud
         assert codes.count(429) >= 4 and set(codes) <= {200, 429}
         assert codes.count(200) == 2  # the two that fit the queue
         assert server.request("/api/generate", {"seed": 1})[0] == 200  # still up
-        assert positions - {None} <= {0, 1, 2}
+        assert positions - {None} <= {0, 1, 2} and positions & {1, 2}  # it waited, and said
 
 
 def test_out_of_memory_is_a_clear_503_and_the_app_stays_up(studio_runs, monkeypatch):
@@ -332,6 +359,26 @@ def test_the_report_is_served_without_scripts(studio_runs, tmp_path):
         assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none'
         assert "default-src 'none'" in headers["Content-Security-Policy"]
         assert server.json("/api/runs/with-report")[1]["report"] is True
+    report = run / "eval" / "report.html"
+    report.unlink()
+    report.symlink_to(studio_runs.outside)  # a report that is a link out of the run
+    with Server(create_app(Catalog(open_runs([run])))) as server:
+        status, _, data = server.request("/runs/with-report/report")
+        assert status == 404 and data != studio_runs.outside.read_bytes()
+
+
+def test_run_folders_with_quotes_in_their_names_are_read(studio_runs, tmp_path):
+    """Shard paths are written into DuckDB's SQL: a quote in a folder name must stay text."""
+    import shutil
+
+    odd = tmp_path / "o'neil'); DROP TABLE x; --"
+    shutil.copytree(studio_runs.plain, odd)
+    with Server(create_app(Catalog(open_runs([odd])))) as server:
+        status, page = server.json("/api/samples?limit=1")
+        assert status == 200 and page["total"] == 13
+        row = page["samples"][0]
+        path = f"/api/samples/{urllib.parse.quote(page['run'])}/{row['sample_id']}/image"
+        assert server.request(path)[0] == 200
 
 
 def test_studio_cli_refusals_are_one_line_with_exit_2(studio_runs, tmp_path, capsys):

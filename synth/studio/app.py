@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synth.errors import RequestError
@@ -25,9 +26,11 @@ from synth.studio.jobs import (
     STEPS_RANGE,
     GenerateRequest,
     GenerationQueue,
+    Job,
     class_prompts,
     native_size,
     resolve,
+    with_stored_scores,
 )
 from synth.studio.snippet import reproduce_snippet
 
@@ -77,8 +80,16 @@ def create_app(
         if allowed_hosts is not None and host not in allowed_hosts:
             return _error("host", f"{host!r} is not this studio's host", 400)
         given = _given_token(request)
-        if token is not None and not (given and hmac.compare_digest(given, token)):
+        if token is not None and not (
+            given and hmac.compare_digest(given.encode(), token.encode())
+        ):
             return _error("token", "missing or wrong; open the studio with ?token=TOKEN", 401)
+        if request.method not in ("GET", "HEAD"):
+            # Only the studio's own page may send work: another site's page can POST to
+            # 127.0.0.1 without a preflight only with a form content type, or says its origin.
+            refused = _cross_site(request)
+            if refused:
+                return refused
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return _error("body", f"larger than {MAX_BODY} bytes", 413)
@@ -192,15 +203,21 @@ def create_app(
     def sample(run: str, sample_id: str) -> dict:
         studio_run = catalog.run(run)
         row, rejected = catalog.sample(studio_run, sample_id)
-        nearest = None
-        if row.get("qc_nearest_real") in catalog.real_images(studio_run):
-            real = catalog.real_images(studio_run)[row["qc_nearest_real"]]
-            nearest = {"id": real.image_id, "label": real.label, "split": real.split}
+        real = catalog.real_images(studio_run)
+
+        def nearest(of: dict) -> dict | None:
+            image = real.get(of.get("qc_nearest_real"))
+            return image and {"id": image.image_id, "label": image.label, "split": image.split}
+
         return {
             "run": studio_run.name,
             "sample": row,
             "rejected": [r for r in rejected if r is not row],
-            "nearest_real": nearest,
+            "nearest_real": nearest(row),
+            # each render's own nearest real image, by attempt
+            "nearest_real_by_attempt": {
+                str(r["attempt"]): nearest(r) for r in [row, *rejected] if nearest(r)
+            },
             "snippet": reproduce_snippet(row),
         }
 
@@ -217,6 +234,19 @@ def create_app(
         data = path.read_bytes()
         return Response(data, media_type=image_type(data), headers=_cached)
 
+    def prepare(request: GenerateRequest) -> tuple[Job, bytes | None]:
+        """The job, and the stored image of the curated render it reproduces, if it names one."""
+        run = catalog.run(request.run)
+        label = request.label or next(iter(run.spec.classes))
+        templates = prompt_templates(run, label) if label in run.spec.classes else []
+        job = resolve(request, run, templates)
+        stored = None
+        if request.sample_id is not None and run.curated:
+            rows = catalog.rows(run, request.sample_id)
+            if any(r["attempt"] == job.attempt for r in rows):
+                stored = catalog.image(run, request.sample_id, job.attempt)
+        return job, stored
+
     @app.post("/api/generate")
     async def generate(request: Request) -> Response:
         body = await _read_body(request)
@@ -226,18 +256,15 @@ def create_app(
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "body"
             return _error(field, first["msg"], 422)
-        run = catalog.run(generate_request.run)
-        label = generate_request.label or next(iter(run.spec.classes))
-        job = resolve(
-            generate_request,
-            run,
-            prompt_templates(run, label) if label in run.spec.classes else [],
-        )
         job_id = request.headers.get("x-synth-job")
         if job_id is not None and not (0 < len(job_id) <= 64 and job_id.isalnum()):
             return _error("x-synth-job", "give up to 64 letters and digits", 422)
+        # Reading a source's captions or a model's config can take a while: not on the loop.
+        job, stored = await run_in_threadpool(prepare, generate_request)
         _, future = queue.submit(job, job_id)
         generated = await asyncio.wrap_future(future)
+        if stored is not None:
+            generated = await run_in_threadpool(with_stored_scores, generated, stored)
         name = f"{generated.provenance['sample_id']}.png"
         return Response(
             generated.png,
@@ -278,6 +305,19 @@ _cached = {"Cache-Control": "private, max-age=3600"}
 
 def _error(field: str, message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status)
+
+
+def _cross_site(request: Request) -> JSONResponse | None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _error("content-type", "send the body as application/json", 415)
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "")
+    if request.headers.get("sec-fetch-site") == "cross-site" or (
+        origin is not None and origin.split("://", 1)[-1] != host
+    ):
+        return _error("origin", f"{origin or 'another site'} may not use this studio", 403)
+    return None
 
 
 def _given_token(request: Request) -> str | None:

@@ -31,7 +31,14 @@ SCORES = {
     "qc_label_score": "the judge's probability of the image's class",
     "qc_real_similarity": "centred cosine to the nearest real train image",
 }
-_IMAGE_TYPES = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
+_IMAGE_TYPES = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,10 @@ class StudioRun:
 
     @property
     def report(self) -> Path | None:
-        path = self.path / REPORT_FILE
-        return path if path.is_file() else None
+        """eval/report.html, if it is a file inside the run folder (a symlink out is not)."""
+        path = (self.path / REPORT_FILE).resolve()
+        inside = path.is_relative_to(self.path.resolve())
+        return path if inside and path.is_file() else None
 
     def rows(self) -> int:
         """Images in the run's shards, from the Parquet footers alone."""
@@ -148,8 +157,8 @@ def where_clause(query: SampleQuery, threshold: float) -> tuple[str, list]:
     if query.passed is not None:
         terms.append("qc_passed = ?")
         params.append(query.passed)
-    if query.flagged is not None:
-        terms.append(f"({'' if query.flagged else 'NOT '}coalesce(qc_real_similarity > ?, false))")
+    if query.flagged is not None:  # like every score filter, never true of a real row
+        terms.append(f"qc_real_similarity {'>' if query.flagged else '<='} ?")
         params.append(threshold)
     return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
@@ -171,6 +180,12 @@ class Catalog:
         if name not in self.runs:
             raise RequestError("run", f"no run named {name!r}; open runs: {list(self.runs)}", 404)
         return self.runs[name]
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of its own for the calling thread (the connection itself is not
+        thread-safe; its cursors are)."""
+        with self._lock:
+            return self._db.cursor()
 
     def _real_table(self, run: StudioRun) -> str:
         return f"real_{list(self.runs).index(run.name)}"
@@ -230,7 +245,7 @@ class Catalog:
             return Page(0, [])
         rows = " UNION ALL BY NAME ".join(parts)
         where, params = where_clause(query, run.memorisation_threshold)
-        cursor = self._db.cursor()
+        cursor = self._cursor()
         try:
             total = cursor.execute(f"SELECT count(*) FROM ({rows}){where}", params).fetchone()[0]
             result = cursor.execute(
@@ -256,7 +271,11 @@ class Catalog:
                 parts.append(_shard_select(files, "kept"))
             if query.status in ("rejected", "all") and (files := run.rejected_files()):
                 parts.append(_shard_select(files, "rejected"))
-        if query.source in ("real", "all") and self.real_images(run):
+        if (
+            query.source in ("real", "all")
+            and query.status in ("kept", "all")
+            and self.real_images(run)
+        ):
             scores = "".join(f", NULL::DOUBLE AS {column}" for column in SCORES if run.curated) + (
                 ", NULL::BOOLEAN AS qc_passed" if run.curated else ""
             )
@@ -269,19 +288,20 @@ class Catalog:
     def sample(self, run: StudioRun, sample_id: str) -> tuple[dict, list[dict]]:
         """A sample's kept row (or, when every render was rejected and it was dropped, its last
         rejected one) and its rejected renders, in attempt order."""
-        rows = self._rows(run, sample_id)
+        rows = self.rows(run, sample_id)
         kept = [r for r in rows if r["status"] == "kept"]
         rejected = [r for r in rows if r["status"] == "rejected"]
         if not rows:
             raise RequestError("sample_id", f"run {run.name}: no sample {sample_id!r}", 404)
         return (kept or rejected)[-1], rejected
 
-    def _rows(self, run: StudioRun, sample_id: str) -> list[dict]:
+    def rows(self, run: StudioRun, sample_id: str) -> list[dict]:
+        """Every stored render of a sample, kept and rejected, in attempt order."""
         query = SampleQuery(status="all", limit=MAX_PAGE)
         parts = self._parts(run, query)
         if not parts:
             return []
-        cursor = self._db.cursor()
+        cursor = self._cursor()
         try:
             result = cursor.execute(
                 f"SELECT * FROM ({' UNION ALL BY NAME '.join(parts)}) WHERE sample_id = ? "
@@ -299,7 +319,7 @@ class Catalog:
         for files in (run.data_files(), run.rejected_files() if attempt is not None else []):
             if not files:
                 continue
-            cursor = self._db.cursor()
+            cursor = self._cursor()
             try:
                 condition, params = "sample_id = ?", [sample_id]
                 if attempt is not None:
@@ -319,6 +339,8 @@ class Catalog:
 
 def image_type(data: bytes) -> str:
     """The content type of image bytes, from their signature."""
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
     for magic, content_type in _IMAGE_TYPES:
         if data.startswith(magic):
             return content_type

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from synth.studio.catalog import StudioRun
 
 MAX_PROMPT_CHARS = 4000
+QC_KEYS = ("qc_label_score", "qc_real_similarity", "qc_nearest_real", "qc_passed", "qc_reason")
 MAX_WAITING = 16  # jobs queued beyond the running ones; more are refused with 429
 STEPS_RANGE = (1, 100)
 GUIDANCE_RANGE = (0.0, 20.0)
@@ -164,6 +165,10 @@ class GenerationQueue:
 
     def submit(self, job: Job, job_id: str | None = None) -> tuple[str, Future]:
         with self._condition:
+            if job_id is not None and (
+                job_id in self._running or any(q.id == job_id for q in self._waiting)
+            ):
+                raise RequestError("x-synth-job", f"{job_id} is already queued", 409)
             if len(self._waiting) >= self.max_waiting:
                 raise RequestError(
                     "queue", f"{len(self._waiting)} jobs are waiting; try again shortly", 429
@@ -272,13 +277,29 @@ def render(job: Job, renderer: ShardRenderer) -> Generated:
         row = renderer.render([job.sample]).table.to_pylist()[0]
     image = row.pop("image")
     png = image["bytes"]
-    if job.attempt != row["attempt"]:  # provenance only: the seed given is the one rendered
+    if row["attempt"] == 1 and job.attempt != 1:  # provenance: the seed given is the one rendered
         from PIL import Image
 
         row["attempt"] = job.attempt
         record = ImageRecord(image_bytes=b"", image_path=image["path"], **row)
         png = encode_image(Image.open(io.BytesIO(png)), "png", record.png_text())
     return Generated(png, row, time.perf_counter() - started)
+
+
+def with_stored_scores(generated: Generated, stored: bytes) -> Generated:
+    """A reproduction of a curated render, with the gate's scores (and reason) its stored file
+    records, when its pixels are that file's: then it is that file. Otherwise it stays
+    unscored: the studio does not score."""
+    from PIL import Image
+
+    theirs = Image.open(io.BytesIO(stored))
+    scores = {key: theirs.text[key] for key in QC_KEYS if key in getattr(theirs, "text", {})}
+    mine = Image.open(io.BytesIO(generated.png))
+    if not scores or mine.tobytes() != theirs.convert(mine.mode).tobytes():
+        return generated
+    record = ImageRecord(image_bytes=b"", image_path="", **generated.provenance)
+    png = encode_image(mine, "png", {**record.png_text(), **scores})
+    return Generated(png, {**generated.provenance, **scores}, generated.seconds)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:

@@ -94,12 +94,15 @@ async function browse(params) {
   const next = h("button", { class: "plain", id: "next", onclick: () => page(1) }, "Next →");
   const limit = () => Number(filters.limit || 48);
 
+  let latest = 0;
   async function refresh() {
     setURL("browse", { run, ...filters });
     const query = new URLSearchParams({ run });
     for (const [key, value] of Object.entries(filters)) if (value !== "") query.set(key, value);
+    const mine = ++latest;
     try {
       const result = await getJSON(`/api/samples?${query}`);
+      if (mine !== latest) return;  // a newer filter's answer owns the grid
       const offset = Number(filters.offset || 0);
       summary.textContent = result.total
         ? `${offset + 1}–${offset + result.samples.length} of ${result.total}` : "no images match";
@@ -188,9 +191,10 @@ async function sample(run, id, params) {
   const shown = attempt ? info.rejected.find((r) => String(r.attempt) === attempt) || row : row;
   const figures = [h("figure", {}, h("img", { id: "sample-image", src: imageURL(run, id, shown.status === "rejected" ? shown.attempt : null), alt: id }),
     h("figcaption", {}, `${shown.status === "rejected" ? "rejected render" : "synthetic"} · ${shown.label} · attempt ${shown.attempt}`))];
-  if (info.nearest_real) {
-    figures.push(h("figure", {}, h("img", { id: "nearest-real", src: realURL(run, info.nearest_real.id), alt: info.nearest_real.id }),
-      h("figcaption", {}, `nearest real train image: ${info.nearest_real.id} (${info.nearest_real.label}); similarity ${fmt(shown.qc_real_similarity)}`)));
+  const nearest = info.nearest_real_by_attempt[String(shown.attempt)];
+  if (nearest) {
+    figures.push(h("figure", {}, h("img", { id: "nearest-real", src: realURL(run, nearest.id), alt: nearest.id }),
+      h("figcaption", {}, `nearest real train image: ${nearest.id} (${nearest.label}); similarity ${fmt(shown.qc_real_similarity)}`)));
   }
   const rerender = h("figure", { hidden: true, id: "rerender" });
   const snippet = h("pre", { class: "snippet", id: "snippet" }, info.snippet);
@@ -469,7 +473,8 @@ async function report(params) {
 // --- routing --------------------------------------------------------------------------------
 
 async function render() {
-  const { parts, params } = route();
+  let parts, params;
+  try { ({ parts, params } = route()); } catch (err) { say(`this link is malformed: ${err.message}`); return; }
   const name = parts[0];
   if (name === "sample" && parts[1]) state.run = parts[1];
   else if (params.get("run") && state.runs.some((r) => r.name === params.get("run"))) state.run = params.get("run");
