@@ -484,6 +484,8 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
     generator.pop("batch_size")
     if generator["long_prompts"] is None:  # the default: runs from before it existed resume
         generator.pop("long_prompts")
+    if generator["prompt_weighting"] == "none":  # likewise
+        generator.pop("prompt_weighting")
     if generator.pop("fast_path")["vae_decode"] == "tiled":
         generator["vae_decode"] = "tiled"
     classes = {}

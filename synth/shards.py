@@ -63,6 +63,8 @@ QC_FIELDS = [
     ("qc_passed", pa.bool_()),
 ]
 QC_REASON_FIELD = ("qc_reason", pa.string())
+# With generator.prompt_weighting other than none, every row says which (absent: none).
+WEIGHTING_FIELD = ("prompt_weighting", pa.string())
 
 
 def _with_features(schema: pa.Schema) -> pa.Schema:
@@ -80,9 +82,14 @@ def _with_features(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def shard_schema(curated: bool = False, rejected: bool = False) -> pa.Schema:
-    """The shard columns: provenance, then the gate's scores when curated."""
+def shard_schema(
+    curated: bool = False, rejected: bool = False, weighted: bool = False
+) -> pa.Schema:
+    """The shard columns: provenance (and the weighting mode, when prompts are weighted),
+    then the gate's scores when curated."""
     fields_ = list(SHARD_SCHEMA)
+    if weighted:
+        fields_.append(pa.field(*WEIGHTING_FIELD))
     if curated:
         fields_ += [pa.field(*f) for f in QC_FIELDS]
     if rejected:
@@ -119,6 +126,7 @@ class ImageRecord:
     device: str
     created_at: str
     attempt: int
+    prompt_weighting: str | None = None  # None: plain prompts (generator.prompt_weighting none)
     qc_label_score: float | None = None
     qc_real_similarity: float | None = None
     qc_nearest_real: str | None = None
@@ -162,14 +170,17 @@ def encode_image(image: Image.Image, image_format: str, text: dict[str, str]) ->
 
 
 def records_to_table(
-    records: Iterable[ImageRecord], curated: bool = False, rejected: bool = False
+    records: Iterable[ImageRecord],
+    curated: bool = False,
+    rejected: bool = False,
+    weighted: bool = False,
 ) -> pa.Table:
     rows = []
     for record in records:
         row = {f.name: getattr(record, f.name) for f in fields(record)}
         row["image"] = {"bytes": row.pop("image_bytes"), "path": row.pop("image_path")}
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=shard_schema(curated, rejected))
+    return pa.Table.from_pylist(rows, schema=shard_schema(curated, rejected, weighted))
 
 
 def write_shard(table: pa.Table, path: Path) -> None:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from synth.errors import SpecError
+from synth.prompt_weights import weighting_problem
 
 # Labels become file names, sample ids and adapter names, so they may never hold a path
 # separator or start with a dot: a label like "../../x" is rejected here.
@@ -248,6 +249,11 @@ class Generator(StrictModel):
     """Images per pipeline call (does not change the images)."""
     fast_path: FastPath = Field(default_factory=FastPath)
     """Speed options (do not change the images, except vae_decode: tiled)."""
+    prompt_weighting: Literal["none", "a1111"] = "none"
+    """none: prompts are plain text, and one holding weighting syntax (brackets) is refused.
+    a1111: listed prompts and negative prompts are parsed as A1111/kohya weighting,
+    `(term:1.5)`, `(term)` x1.1, `[term]` /1.1, `\\(` for a literal bracket, and encoded with
+    those weights by both SDXL text encoders; from_source captions stay plain text."""
     long_prompts: LongPromptPolicy | None = None
     """A prompt past the 77 tokens CLIP encodes: error refuses it; truncate cuts it after the
     last whole word that fits and records the cut text; chunk encodes it whole in 77-token
@@ -456,6 +462,15 @@ class Spec(StrictModel):
                         f"classes.{label}.prompts: from_source needs real captions, and a counts "
                         "source has none; list the prompts, or use an iu_xray/manifest source"
                     )
+        weighting = self.generator.prompt_weighting
+        for label, cls in self.classes.items():
+            texts = [] if cls.prompts == FROM_SOURCE else list(enumerate(cls.prompts))
+            named = [(f"classes.{label}.prompts[{i}]", text) for i, text in texts]
+            for where, text in [*named, (f"classes.{label}.negative_prompt", cls.negative_prompt)]:
+                problem = weighting_problem(text, weighting)
+                if problem:
+                    preview = text if len(text) <= 60 else f"{text[:57]}..."
+                    raise ValueError(f"{where} {preview!r} {problem}")
         if self.target.distribution is not None:
             missing = [label for label in labels if label not in self.target.distribution]
             if missing:

@@ -16,6 +16,7 @@ from synth.cli import main
 from synth.errors import SpecError
 from synth.plan import ClassPlan, Plan
 from synth.prompt_tokens import encoded_prompt, fit_prompt, load_tokenizers
+from synth.prompt_weights import plain
 from synth.run import run_spec
 from synth.spec import FROM_SOURCE, ClassSpec, Generator, load_spec
 from tests.conftest import base_spec, write_spec
@@ -102,16 +103,17 @@ def test_chunk_encodes_each_window_as_sdxl_does_and_records_the_whole_prompt(sma
         embeds, _, pooled, _ = engine.pipeline.encode_prompt(
             SHORT, device=engine.device, do_classifier_free_guidance=False
         )
-    short = encoder.encode(SHORT)
+    short = encoder.encode(plain(SHORT))
     assert short.windows == 1
     assert torch.equal(short.embeds, embeds) and torch.equal(short.pooled, pooled)
-    long = encoder.encode(LONG)
+    long = encoder.encode(plain(LONG))
     assert long.windows == 2 and long.embeds.shape == (1, 154, embeds.shape[-1])
     # Grouping counts windows from the token ids alone; it agrees with the encoding.
-    assert encoder.windows(LONG, "") == 2 and encoder.windows(SHORT, "") == 1
+    assert encoder.windows(plain(LONG), plain("")) == 2
+    assert encoder.windows(plain(SHORT), plain("")) == 1
     sample = _sample(LONG)
     assert engine.recorded(sample).prompt == LONG  # kept whole, not cut
-    args = encoder.conditioning([LONG, LONG], ["", ""])
+    args = encoder.conditioning([plain(LONG)] * 2, [plain("")] * 2)
     assert (
         args["prompt_embeds"].shape
         == args["negative_prompt_embeds"].shape

@@ -6,8 +6,11 @@ SDXL text encoders (penultimate hidden states, as SDXL does). The windows are co
 along the sequence, so the UNet's cross-attention sees every word. The pooled embedding comes
 from the first 77 tokens of the second encoder, as in plain SDXL.
 
-A prompt goes to compel as one fragment of weight 1: compel's weighting syntax is never parsed,
-so brackets, '+' and '-' in real captions stay text. A sample's prompt and negative prompt are
+Compel's own weighting syntax is never parsed, so brackets, '+' and '-' in real captions stay
+text: a text reaches compel as fragments with weights, one fragment of weight 1 unless
+`generator.prompt_weighting: a1111` parsed it (synth.prompt_weights). A weight scales its
+tokens' embeddings as compel does; the pooled embedding is the plain text's, as in A1111.
+A sample's prompt and negative prompt are
 padded to the same number of windows with the empty prompt's encoding (compel's own padding);
 samples are grouped by that number, so an image never depends on what else is in its batch.
 """
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+
+from synth.prompt_weights import Fragments
 
 
 @dataclass(frozen=True)
@@ -45,28 +50,33 @@ class LongPromptEncoder:
             requires_pooled_mask=[False, True],
         )
 
-    def encode(self, text: str) -> Encoded:
+    def encode(self, text: Fragments) -> Encoded:
         """A text's embeddings. Not cached: real captions are many and each long one takes
         77 x windows x 2048 values, so they are encoded once per batch instead."""
+        parts, weights = [part for part, _ in text], [weight for _, weight in text]
         with torch.inference_mode():
             embeds = self.provider.get_embeddings_for_weighted_prompt_fragments(
-                text_batch=[[text]], fragment_weights_batch=[[1.0]], device=self.device
+                text_batch=[parts], fragment_weights_batch=[weights], device=self.device
             )
-            pooled = self.provider.get_pooled_embeddings([text], device=self.device)
+            pooled = self.provider.get_pooled_embeddings(["".join(parts)], device=self.device)
         return Encoded(embeds, pooled, embeds.shape[1] // self.window)
 
-    def windows(self, prompt: str, negative_prompt: str) -> int:
+    def windows(self, prompt: Fragments, negative_prompt: Fragments) -> int:
         """How many 77-token windows this sample's conditioning takes: from compel's own
         chunking of the token ids (no text encoder runs)."""
         return max(
-            len(provider.get_token_ids_and_expand_weights([text], [1.0], device="cpu")[0])
+            len(
+                provider.get_token_ids_and_expand_weights(
+                    [part for part, _ in text], [weight for _, weight in text], device="cpu"
+                )[0]
+            )
             // self.window
             for provider in self.provider.embedding_providers
             for text in (prompt, negative_prompt)
         )
 
     def conditioning(
-        self, prompts: list[str], negative_prompts: list[str]
+        self, prompts: list[Fragments], negative_prompts: list[Fragments]
     ) -> dict[str, torch.Tensor]:
         """The pipeline's embedding arguments for a batch whose samples all take the same
         number of windows; each distinct text is encoded once."""
@@ -76,10 +86,11 @@ class LongPromptEncoder:
             raise ValueError(f"one batch, one window count; got {sorted(windows)}")
         (count,) = windows
         # Per batch, the padding too: a class LoRA may act on the text encoders.
-        encoded = {text: self.encode(text) for text in {*prompts, *negative_prompts, ""}}
+        empty: Fragments = (("", 1.0),)
+        encoded = {text: self.encode(text) for text in {*prompts, *negative_prompts, empty}}
 
-        def padded(text: str) -> torch.Tensor:
-            pad = [encoded[""].embeds] * (count - encoded[text].windows)
+        def padded(text: Fragments) -> torch.Tensor:
+            pad = [encoded[empty].embeds] * (count - encoded[text].windows)
             return torch.cat([encoded[text].embeds, *pad], dim=1)
 
         return {

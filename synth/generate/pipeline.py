@@ -28,7 +28,8 @@ from synth.generate.long_prompts import LongPromptEncoder
 from synth.plan import PlannedSample, retry_seed
 from synth.preflight import check_model_reference, file_sha256, resolve_lora_file
 from synth.prompt_tokens import fit_prompt, fits
-from synth.spec import SCHEDULER_CLASSES, ClassSpec, FastPath, Generator
+from synth.prompt_weights import Fragments, fragments, plain
+from synth.spec import FROM_SOURCE, SCHEDULER_CLASSES, ClassSpec, FastPath, Generator
 
 logger = logging.getLogger(__name__)
 
@@ -188,17 +189,31 @@ class SampleGenerator:
         cls = self.classes.get(label)
         return self.settings.long_prompt_policy(cls.prompts if cls else [])
 
-    def _windows(self, sample: PlannedSample) -> int:
-        """1 when plain diffusers encodes the sample's prompts whole; else how many 77-token
-        windows chunking takes (only under long_prompts: chunk; the others cut or refuse)."""
+    def _weighted(self, label: str) -> bool:
+        """Whether the class's texts are read as A1111 weighting: listed prompts (and the
+        negative prompt) under prompt_weighting a1111; from_source captions never are."""
+        cls = self.classes.get(label)
+        listed = cls is not None and cls.prompts != FROM_SOURCE
+        return self.settings.prompt_weighting == "a1111" and listed
+
+    def _texts(self, sample: PlannedSample) -> tuple[Fragments, Fragments]:
+        """The sample's prompt and negative prompt as weighted fragments."""
+        read = fragments if self._weighted(sample.label) else plain
+        return read(sample.prompt), read(sample.negative_prompt)
+
+    def _encoding(self, sample: PlannedSample) -> int:
+        """0 when plain diffusers encodes the sample's prompts (unweighted, within one
+        window); else how many 77-token windows compel's encoding takes (weighted prompts,
+        or long ones under long_prompts: chunk; the other policies cut or refuse)."""
         texts = (sample.prompt, sample.negative_prompt)
-        if self._policy(sample.label) != "chunk" or not self.tokenizers:
-            return 1
-        if all(fits(t, self.tokenizers) for t in texts):
-            return 1
+        weighted = self._weighted(sample.label)
+        if not weighted and (self._policy(sample.label) != "chunk" or not self.tokenizers):
+            return 0
+        if not weighted and all(fits(t, self.tokenizers) for t in texts):
+            return 0
         if self._long_prompts is None:
             self._long_prompts = LongPromptEncoder(self.pipeline)
-        return self._long_prompts.windows(*texts)
+        return self._long_prompts.windows(*self._texts(sample))
 
     def _fit(self, text: str, policy: str, where: str) -> str:
         if (text, policy) not in self._recorded_prompts:
@@ -283,19 +298,22 @@ class SampleGenerator:
         return [replace(item, qc=score) for item, score in zip(images, scores, strict=True)]
 
     def _call_pipeline(self, samples: list[PlannedSample], seeds: list[int]) -> np.ndarray:
-        """One pipeline call per window count (one call unless chunked prompts are in the
-        batch), so the conditioning of a sample never depends on its batch neighbours."""
-        windows = [self._windows(sample) for sample in samples]
+        """One pipeline call per kind of encoding (one call unless weighted or chunked prompts
+        are in the batch), so the conditioning of a sample never depends on its batch
+        neighbours."""
+        encodings = [self._encoding(sample) for sample in samples]
         pixels: list[np.ndarray | None] = [None] * len(samples)
-        for count in sorted(set(windows)):
-            where = [i for i, w in enumerate(windows) if w == count]
+        for encoding in sorted(set(encodings)):
+            where = [i for i, e in enumerate(encodings) if e == encoding]
             group = [samples[i] for i in where]
-            prompts, negatives = [s.prompt for s in group], [s.negative_prompt for s in group]
-            text = (
-                {"prompt": prompts, "negative_prompt": negatives}
-                if count == 1
-                else self._long_prompts.conditioning(prompts, negatives)
-            )
+            if encoding == 0:
+                text = {
+                    "prompt": [s.prompt for s in group],
+                    "negative_prompt": [s.negative_prompt for s in group],
+                }
+            else:
+                texts = [self._texts(s) for s in group]
+                text = self._long_prompts.conditioning([p for p, _ in texts], [n for _, n in texts])
             for i, image in zip(where, self._denoise(text, [seeds[i] for i in where]), strict=True):
                 pixels[i] = image
         return np.stack(pixels)

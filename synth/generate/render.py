@@ -111,11 +111,12 @@ class ShardRenderer:
                     on_batch_done(len(batch.kept) + len(batch.dropped))
             records = [record for batch in encoded for record in batch.result()]
             rejects = [record for batch in rejected for record in batch.result()]
+        weighted = self.settings.generator.prompt_weighting != "none"
         if not self.curated:
-            return RenderedShard(records_to_table(records))
+            return RenderedShard(records_to_table(records, weighted=weighted))
         return RenderedShard(
-            records_to_table(records, curated=True),
-            records_to_table(rejects, curated=True, rejected=True),
+            records_to_table(records, curated=True, weighted=weighted),
+            records_to_table(rejects, curated=True, rejected=True, weighted=weighted),
             tuple(dropped),
         )
 
@@ -149,6 +150,9 @@ class ShardRenderer:
                 device=generator.device_name,
                 created_at=self.settings.created_at,
                 attempt=item.attempt,
+                prompt_weighting=(
+                    settings.prompt_weighting if settings.prompt_weighting != "none" else None
+                ),
                 **(_qc_fields(item) if item.qc is not None else {}),
             )
             image_bytes = encode_image(item.image, self.settings.image_format, record.png_text())

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from synth.errors import GenerationError, RequestError, SynthError
 from synth.plan import PlannedSample
+from synth.prompt_weights import weighting_problem
 from synth.shards import ImageRecord, encode_image
-from synth.spec import MAX_SEED, Generator
+from synth.spec import FROM_SOURCE, MAX_SEED, Generator
 
 if TYPE_CHECKING:
     import torch
@@ -107,6 +108,14 @@ def resolve(request: GenerateRequest, run: StudioRun, templates: list[str]) -> J
     prompt = request.prompt if request.prompt is not None else (templates or [""])[0]
     if not prompt.strip():
         raise RequestError("prompt", f"empty, and class {label} has no prompt template to use")
+    negative = (
+        request.negative_prompt if request.negative_prompt is not None else cls.negative_prompt
+    )
+    if cls.prompts != FROM_SOURCE:  # a from_source class's texts are never read as syntax
+        for key, text in (("prompt", prompt), ("negative_prompt", negative)):
+            problem = weighting_problem(text, spec.generator.prompt_weighting)
+            if problem:
+                raise RequestError(key, problem)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
     updates = {
         key: getattr(request, key)
@@ -118,9 +127,7 @@ def resolve(request: GenerateRequest, run: StudioRun, templates: list[str]) -> J
         label=label,
         index=0,
         prompt=prompt,
-        negative_prompt=(
-            request.negative_prompt if request.negative_prompt is not None else cls.negative_prompt
-        ),
+        negative_prompt=negative,
         seed=seed,
         shard=0,
     )
