@@ -50,7 +50,7 @@ def check_can_evaluate(spec: Spec) -> None:
     """The cheap checks an evaluation depends on, for `synth run` to make before generating:
     real images with every class in val and test, and LoRA training records."""
     real_images_by_split(spec)
-    _adapter_images(spec)
+    adapter_images(spec)
 
 
 def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
@@ -65,7 +65,7 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
     curation = _curation(run_dir, index, synthetic, rows) if curated else None
     return EvalData(
         real.classes, real.train, real.val, real.test, synthetic,
-        summarise_provenance(rows, spec.seed), real.unreadable, _adapter_images(spec), untrained,
+        summarise_provenance(rows, spec.seed), real.unreadable, adapter_images(spec), untrained,
         curation,
     )  # fmt: skip
 
@@ -133,7 +133,7 @@ def _read_shards(data_dir: Path, index: dict[str, int]) -> tuple[list[LabelledIm
     return images, rows
 
 
-def _adapter_images(spec: Spec) -> list[str]:
+def adapter_images(spec: Spec) -> list[str]:
     """Identities of the images the spec's LoRAs trained on, from the training.json that
     `synth train-lora` writes beside each adapter. Without one, the test split cannot be shown
     to be clean, so the evaluation refuses unless the spec says otherwise."""

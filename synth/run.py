@@ -211,7 +211,13 @@ def _generate(
     if not (out / "plan.parquet").is_file() or len(run_record["invocations"]) == 1:
         with output_errors(out / "plan.parquet"):
             write_plan(plan, out / "plan.parquet")
-    card = dataset_card(spec.name, run_record["classes"], spec_yaml, curated=spec.qc.enabled)
+    card = dataset_card(
+        spec.name,
+        run_record["classes"],
+        spec_yaml,
+        curated=spec.qc.enabled,
+        weighted=spec.generator.prompt_weighting != "none",
+    )
     write_text_atomic(out / "README.md", card)
 
     data_dir = out / DATA_DIR
@@ -367,7 +373,14 @@ def _record_curation(
     dropped = {label: c.dropped for label, c in curation.items()}
     write_text_atomic(
         out / "README.md",
-        dataset_card(spec.name, run_record["classes"], spec_yaml, curated=True, dropped=dropped),
+        dataset_card(
+            spec.name,
+            run_record["classes"],
+            spec_yaml,
+            curated=True,
+            dropped=dropped,
+            weighted=spec.generator.prompt_weighting != "none",
+        ),
     )
     summary.curation = curation
 

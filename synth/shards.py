@@ -303,9 +303,10 @@ def dataset_card(
     spec_yaml: str,
     curated: bool = False,
     dropped: dict[str, int] | None = None,
+    weighted: bool = False,
 ) -> str:
     """README.md with the Hugging Face YAML header, so `load_dataset` reads the folder as is."""
-    schema = shard_schema(curated)
+    schema = shard_schema(curated, weighted=weighted)
     features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
     feature_lines = [
         f"  - name: {field.name}\n    dtype: {features[field.name].get('dtype', 'image')}"

@@ -94,6 +94,10 @@ def test_the_mode_is_provenance_and_identity_and_preview_and_studio_honour_it(
         spec = load_spec(write_spec(tmp_path, _spec(small_model, weighting, [prompt]), f"{weighting}.yaml"))  # fmt: skip
         summary = run_spec(spec, tmp_path / weighting, in_process=True, show_progress=False)
         runs[weighting] = (spec, summary.out_dir, pq.read_table(summary.out_dir / "data"))
+    import datasets
+
+    loaded = datasets.load_dataset(str(runs["a1111"][1]), split="train")  # the card's features
+    assert set(loaded["prompt_weighting"]) == {"a1111"}
     weighted = runs["a1111"][2]
     assert set(weighted.column("prompt_weighting").to_pylist()) == {"a1111"}
     assert "prompt_weighting" not in runs["none"][2].column_names  # as before the setting
