@@ -122,6 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, required=True, help="the grid PNG to write")
     preview.set_defaults(command=_preview)
 
+    export = commands.add_parser(
+        "export", help="write a training-ready dataset: real splits plus the run's images"
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run folder")
+    export.add_argument("--out", type=Path, required=True, help="a new folder for the dataset")
+    export.add_argument(
+        "--fraction", type=float, default=1.0, help="share of each class's synthetic images (1)"
+    )
+    export.add_argument(
+        "--include-rejected", action="store_true", help="also the renders curation rejected"
+    )
+    export.add_argument(
+        "--format", choices=["parquet", "imagefolder"], default="parquet",
+        help="parquet (load_dataset) or imagefolder (split/label/file)",
+    )  # fmt: skip
+    export.set_defaults(command=_export)
+
     studio = commands.add_parser(
         "studio", help="browse runs, compare and generate images in a local web app"
     )
@@ -298,6 +315,17 @@ def _preview(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     written = preview_class(spec, args.label, args.n, args.out)
     print(f"{args.out}: grid of {len(written)} samples; single PNGs in {written[0].parent}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from synth.export import export_run
+
+    summary = export_run(args.run_dir, args.out, args.fraction, args.include_rejected, args.format)
+    splits = ", ".join(f"{split} {rows:,}" for split, rows in summary.rows.items())
+    print(
+        f"{summary.out}: {splits} rows ({summary.synthetic:,} synthetic in train); "
+        f"{summary.seconds:.1f} s"
+    )
 
 
 def _studio(args: argparse.Namespace) -> None:

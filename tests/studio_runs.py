@@ -43,7 +43,8 @@ def make_studio_runs(root: Path, small_model: Path, small_lora: Path) -> StudioR
                          "labels": ["opacity", "normal"]}  # fmt: skip
     curated["target"] = {"synthetic": {"opacity": 6, "normal": 2}}
     curated["generator"]["batch_size"] = 1
-    curated["eval"] = {"image_size": 32, "epochs": 1, "batch_size": 8, "patience": 1}
+    curated["eval"] = {"image_size": 32, "epochs": 1, "batch_size": 8, "patience": 1,
+                       "allow_unverified_lora": True}  # fmt: skip
     # Nothing is this far from every real image: each sample's renders all fail the gate, the
     # best is kept (flagged) and the others are kept in rejected/.
     curated["qc"] = {"enabled": True, "max_real_similarity": 0.001, "max_attempts": 2,
