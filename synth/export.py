@@ -28,6 +28,7 @@ from synth.errors import OutputError, SpecError, SynthError
 from synth.preflight import JUDGE_RECORD
 from synth.shards import (
     DATA_DIR,
+    DISCLOSURE,
     IMAGE_TYPE,
     QC_DIR,
     REJECTED_DIR,
@@ -43,10 +44,6 @@ ExportFormat = Literal["parquet", "imagefolder"]
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # export split -> source split
 ROWS_PER_FILE = 256  # rows per output Parquet file
 ROW_GROUP = 64  # rows buffered before a write: the memory bound, with 1 MB SDXL PNGs
-DISCLOSURE = (
-    "The rows with source `synthetic` are AI-generated (IPTC digital source type "
-    "trainedAlgorithmicMedia): images made by a diffusion model, not radiographs of patients."
-)
 _KEPT_COLUMNS = ("sample_id", "label", "qc_passed")
 
 
@@ -369,6 +366,7 @@ def _card(
         "validation and test are real only. `label` is a class label in the spec's class "
         "order; `source` says real or synthetic; the synthetic rows carry their full "
         "provenance (null for real rows), the real rows their manifest's path, split and "
-        f"caption.\n\n{DISCLOSURE}\n\n| split | rows |\n|---|---|\n{counts}\n\n"
+        f"caption.\n\nRows with source `synthetic`: {DISCLOSURE}\n\n"
+        f"| split | rows |\n|---|---|\n{counts}\n\n"
         f"The run's spec:\n\n```yaml\n{spec_yaml}```\n"
     )

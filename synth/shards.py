@@ -27,6 +27,13 @@ UNTRAINED_DIR = "untrained"
 QC_DIR = "qc"  # the curation judge: weights, record and the real train features
 REJECTED_DIR = "rejected"  # renders the curation gate rejected, as shards, kept for audit
 TEMP_PREFIX = ".tmp-"
+# IPTC's digital source type for media a trained model made: the EU AI Act's disclosure
+# practice, carried by every synthetic PNG and stated in the dataset cards.
+TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+DISCLOSURE = (
+    "The synthetic images are AI-generated (IPTC digital source type trainedAlgorithmicMedia): "
+    "made by a diffusion model, not radiographs of patients."
+)
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SHARD_SCHEMA = pa.schema(
@@ -141,12 +148,14 @@ class ImageRecord:
 
 
 def image_text_metadata(provenance: dict[str, object]) -> dict[str, str]:
-    """PNG text chunks: the thesis UI's Description/Seed/Model/Software keys, then the rest."""
+    """PNG text chunks: the thesis UI's Description/Seed/Model/Software keys, IPTC's digital
+    source type (the disclosure that the image is AI-generated), then the rest."""
     text = {
         "Description": str(provenance.get("prompt", "")),
         "Seed": str(provenance.get("seed", "")),
         "Model": str(provenance.get("model", "")),
         "Software": f"synth {provenance.get('synth_version', '')}".strip(),
+        "DigitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
     }
     for key, value in provenance.items():
         if key not in ("prompt", "seed", "model", "synth_version") and value is not None:
@@ -308,8 +317,12 @@ def dataset_card(
     """README.md with the Hugging Face YAML header, so `load_dataset` reads the folder as is."""
     schema = shard_schema(curated, weighted=weighted)
     features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    # label is stored as text, and read as a ClassLabel in the spec's class order.
+    names = "".join(f"\n          '{i}': {label}" for i, label in enumerate(class_counts))
     feature_lines = [
-        f"  - name: {field.name}\n    dtype: {features[field.name].get('dtype', 'image')}"
+        f"  - name: {field.name}\n    dtype:\n      class_label:\n        names:{names}"
+        if field.name == "label"
+        else f"  - name: {field.name}\n    dtype: {features[field.name].get('dtype', 'image')}"
         for field in schema
     ]
     counts = "\n".join(f"| {label} | {count} |" for label, count in class_counts.items())
@@ -344,6 +357,7 @@ def dataset_card(
         "scale) and sampler settings that made it. `spec_sha256` identifies the generation "
         "settings; `attempt` > 1 marks an image regenerated with a derived seed after a NaN or "
         "black output or a render the curation gate rejected.\n\n"
+        f"{DISCLOSURE}\n\n"
         f"{curation}"
         "| class | synthetic images |\n|---|---|\n"
         f"{counts}\n\n"

@@ -15,8 +15,9 @@ from PIL import Image
 
 from synth.cli import main
 from synth.errors import OutputError
-from synth.export import DISCLOSURE, export_run
+from synth.export import export_run
 from synth.run import run_spec
+from synth.shards import DISCLOSURE
 from synth.spec import load_spec
 from tests.conftest import base_spec, write_spec
 from tests.image_files import write_split_manifest

@@ -92,6 +92,12 @@ def test_shards_read_back_with_hugging_face_datasets(spec_path: Path, tmp_path: 
     assert first["image"].size == (32, 32)
     assert first["image"].text["Seed"] == str(first["seed"])  # provenance inside the PNG too
     assert first["image"].text["lora_sha256"] == first["lora_sha256"]
+    # the disclosure travels with every image, and the card says it too
+    assert first["image"].text["DigitalSourceType"].endswith("/trainedAlgorithmicMedia")
+    assert "AI-generated" in (out / "README.md").read_text()
+    with_card = datasets.load_dataset(str(out), split="train")  # the card's features
+    assert with_card.features["label"].names == ["opacity", "normal"]  # the spec's order
+    assert with_card.features["label"].int2str(with_card[0]["label"]) == first["label"]
 
 
 def test_deleting_a_shard_regenerates_exactly_that_shard_with_identical_bytes(
