@@ -41,8 +41,16 @@ def resolve_lora_file(path: Path) -> Path:
         )
     try:
         with safe_open(str(candidate), framework="numpy") as handle:  # lists keys only
-            if not list(handle.keys()):
-                raise ModelError(f"LoRA {candidate}: holds no tensors; re-export the adapter")
+            keys = list(handle.keys())
+        if not keys:
+            raise ModelError(f"LoRA {candidate}: holds no tensors; re-export the adapter")
+        if not any("lora" in key.lower() for key in keys):
+            raise ModelError(
+                f"LoRA {candidate}: not a LoRA (none of its {len(keys)} tensors has a LoRA name "
+                f"such as lora_A, lora_down or lora.up; the first is {keys[0]!r}, so it looks "
+                "like a model's weights); give a LoRA file in the diffusers, PEFT or kohya/A1111 "
+                "layout"
+            )
     except (SafetensorError, OSError) as err:
         raise ModelError(
             f"LoRA {candidate}: not a readable safetensors file ({err}); "
