@@ -31,7 +31,7 @@ class ClassPlan:
     target: int
     synthetic: int
     prompts: tuple[str, ...]
-    negative_prompt: str
+    negative_prompt: str | None  # None: none given (SDXL's zero embeddings)
 
 
 # The fields of a PlannedSample, in order: the columns of plan.parquet.
@@ -44,7 +44,7 @@ class PlannedSample:
     label: str
     index: int  # position within its class
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None: none given
     seed: int
     shard: int
 
@@ -131,7 +131,7 @@ def plan_for_spec(spec: Spec, real: RealCounts) -> Plan:
                 target=target,
                 synthetic=synthetic,
                 prompts=class_prompts(spec, label, real) if class_spec else (),
-                negative_prompt=class_spec.negative_prompt if class_spec else "",
+                negative_prompt=class_spec.negative_prompt if class_spec else None,
             )
         )
     return Plan(seed=spec.seed, classes=tuple(classes), shard_size=spec.output.shard_size)

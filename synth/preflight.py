@@ -192,7 +192,7 @@ def check_prompts(spec: Spec, plan: Plan, model: Path) -> None:
                 else f"classes.{cls.label} caption (prompts: from_source)"
             )
             fit_prompt(prompt, tokenizers, policy, where)
-        if cls.negative_prompt:
+        if cls.negative_prompt:  # None (absent) or "": nothing to count
             fit_prompt(
                 cls.negative_prompt, tokenizers, policy, f"classes.{cls.label}.negative_prompt"
             )

@@ -118,7 +118,7 @@ class ImageRecord:
     width: int
     height: int
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None: none was given (null in the shard, absent in the PNG)
     seed: int
     model: str
     vae: str | None

@@ -287,8 +287,10 @@ class ClassSpec(StrictModel):
     )
     """Prompts, one chosen per sample from its seed; or from_source: the class's real training
     captions."""
-    negative_prompt: str = ""
-    """The negative prompt for every sample of the class."""
+    negative_prompt: str | None = None
+    """The negative prompt for every sample of the class. Absent: diffusers' default, no
+    negative prompt, which SDXL turns into zero embeddings for the unconditional half (as a
+    plain diffusers call that leaves it out). "" encodes the empty string: other images."""
     lora: Lora | None = None
     """The class's LoRA adapter; none: the base model."""
 
@@ -466,7 +468,8 @@ class Spec(StrictModel):
         for label, cls in self.classes.items():
             texts = [] if cls.prompts == FROM_SOURCE else list(enumerate(cls.prompts))
             named = [(f"classes.{label}.prompts[{i}]", text) for i, text in texts]
-            for where, text in [*named, (f"classes.{label}.negative_prompt", cls.negative_prompt)]:
+            negative = [(f"classes.{label}.negative_prompt", cls.negative_prompt or "")]
+            for where, text in [*named, *negative]:
                 problem = weighting_problem(text, weighting)
                 if problem:
                     preview = text if len(text) <= 60 else f"{text[:57]}..."

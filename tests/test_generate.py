@@ -211,3 +211,49 @@ def test_out_of_gpu_memory_names_the_settings_that_help(small_model, monkeypatch
     monkeypatch.setattr(generator, "pipeline", out_of_memory)
     with pytest.raises(GenerationError, match="out of GPU memory.*batch_size.*vae_decode"):
         generator.render(_samples(1))
+
+
+def test_an_absent_negative_prompt_is_diffusers_default_and_recorded_as_absent(small_model):
+    """No negative_prompt: what a plain diffusers call that leaves it out renders (SDXL's zero
+    embeddings); "" encodes the empty string, another image; each is recorded as given."""
+    from io import BytesIO
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from PIL import Image
+
+    def rows(negative):
+        cls = ClassPlan("opacity", 0, 2, 2, (PROMPT,), negative)
+        samples = Plan(seed=99, classes=(cls,), shard_size=2).samples_in_shard(0)
+        settings = RenderSettings(_generator(small_model, 2), {"opacity": ClassSpec(
+            prompts=[PROMPT], negative_prompt=negative)}, "sha", "t", "png")  # fmt: skip
+        return ShardRenderer(settings).render(samples).table.to_pylist()
+
+    absent, empty = rows(None), rows("")
+    assert absent[0]["negative_prompt"] is None and empty[0]["negative_prompt"] == ""
+    assert "negative_prompt" not in Image.open(BytesIO(absent[0]["image"]["bytes"])).text
+    assert np.abs(_pixels(absent).astype(int) - _pixels(empty)).max() > 8
+    pipeline = StableDiffusionXLPipeline.from_pretrained(small_model)
+    pipeline.scheduler = EulerDiscreteScheduler.from_config(pipeline.scheduler.config)
+    plain = pipeline(
+        prompt=PROMPT, num_inference_steps=3, guidance_scale=7.0, height=32, width=32,
+        generator=torch.Generator().manual_seed(absent[0]["seed"]), output_type="np",
+    ).images[0]  # fmt: skip
+    assert np.abs(np.round(plain * 255) - _pixels(absent[:1])[0]).max() <= 1
+
+
+def test_chunked_and_weighted_prompts_without_a_negative_prompt_use_zeros(small_model):
+    """The compel path does what diffusers does for an absent negative prompt."""
+    base = _generator(small_model, 2)
+    plain = SampleGenerator(base, {"opacity": ClassSpec(prompts=[PROMPT])})
+    weighted = SampleGenerator(
+        base.model_copy(update={"prompt_weighting": "a1111"}),
+        {"opacity": ClassSpec(prompts=[PROMPT])},
+    )
+    samples = [s for s in _samples(2)]
+    samples = [
+        type(s)(**{**s.__dict__, "prompt": PROMPT, "negative_prompt": None}) for s in samples
+    ]
+    a = [np.asarray(r.image, dtype=int) for r in plain.render(samples)]
+    b = [np.asarray(r.image, dtype=int) for r in weighted.render(samples)]
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x - y).max() <= 1

@@ -42,6 +42,8 @@ class LongPromptEncoder:
 
         self.device = pipeline.text_encoder_2.device
         self.window = pipeline.tokenizer.model_max_length  # 77 tokens, start and end included
+        # No negative prompt: zero embeddings, unless the model's config says to encode ""
+        self.zeros = bool(getattr(pipeline.config, "force_zeros_for_empty_prompt", True))
         self.provider = EmbeddingsProviderMulti(
             tokenizers=[pipeline.tokenizer, pipeline.tokenizer_2],
             text_encoders=[pipeline.text_encoder, pipeline.text_encoder_2],
@@ -61,7 +63,7 @@ class LongPromptEncoder:
             pooled = self.provider.get_pooled_embeddings(["".join(parts)], device=self.device)
         return Encoded(embeds, pooled, embeds.shape[1] // self.window)
 
-    def windows(self, prompt: Fragments, negative_prompt: Fragments) -> int:
+    def windows(self, prompt: Fragments, negative_prompt: Fragments | None) -> int:
         """How many 77-token windows this sample's conditioning takes: from compel's own
         chunking of the token ids (no text encoder runs)."""
         return max(
@@ -73,10 +75,11 @@ class LongPromptEncoder:
             // self.window
             for provider in self.provider.embedding_providers
             for text in (prompt, negative_prompt)
+            if text is not None
         )
 
     def conditioning(
-        self, prompts: list[Fragments], negative_prompts: list[Fragments]
+        self, prompts: list[Fragments], negative_prompts: list[Fragments | None]
     ) -> dict[str, torch.Tensor]:
         """The pipeline's embedding arguments for a batch whose samples all take the same
         number of windows; each distinct text is encoded once."""
@@ -87,17 +90,26 @@ class LongPromptEncoder:
         (count,) = windows
         # Per batch, the padding too: a class LoRA may act on the text encoders.
         empty: Fragments = (("", 1.0),)
-        encoded = {text: self.encode(text) for text in {*prompts, *negative_prompts, empty}}
+        texts = {*prompts, *(n for n in negative_prompts if n is not None), empty}
+        encoded = {text: self.encode(text) for text in texts}
 
         def padded(text: Fragments) -> torch.Tensor:
             pad = [encoded[empty].embeds] * (count - encoded[text].windows)
             return torch.cat([encoded[text].embeds, *pad], dim=1)
 
+        def negative(
+            text: Fragments | None, prompt: Fragments
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if text is None and not self.zeros:
+                text = empty
+            if text is None:  # as SDXL's force_zeros_for_empty_prompt does
+                return torch.zeros_like(padded(prompt)), torch.zeros_like(encoded[prompt].pooled)
+            return padded(text), encoded[text].pooled
+
+        negatives = [negative(n, p) for p, n in pairs]
         return {
             "prompt_embeds": torch.cat([padded(p) for p in prompts]),
             "pooled_prompt_embeds": torch.cat([encoded[p].pooled for p in prompts]),
-            "negative_prompt_embeds": torch.cat([padded(n) for n in negative_prompts]),
-            "negative_pooled_prompt_embeds": torch.cat(
-                [encoded[n].pooled for n in negative_prompts]
-            ),
+            "negative_prompt_embeds": torch.cat([embeds for embeds, _ in negatives]),
+            "negative_pooled_prompt_embeds": torch.cat([pooled for _, pooled in negatives]),
         }

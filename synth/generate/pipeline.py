@@ -158,7 +158,9 @@ class SampleGenerator:
         return replace(
             sample,
             prompt=self._fit(sample.prompt, policy, f"classes.{sample.label} prompt"),
-            negative_prompt=self._fit(
+            negative_prompt=None
+            if sample.negative_prompt is None
+            else self._fit(
                 sample.negative_prompt, policy, f"classes.{sample.label}.negative_prompt"
             ),
         )
@@ -196,16 +198,18 @@ class SampleGenerator:
         listed = cls is not None and cls.prompts != FROM_SOURCE
         return self.settings.prompt_weighting == "a1111" and listed
 
-    def _texts(self, sample: PlannedSample) -> tuple[Fragments, Fragments]:
-        """The sample's prompt and negative prompt as weighted fragments."""
+    def _texts(self, sample: PlannedSample) -> tuple[Fragments, Fragments | None]:
+        """The sample's prompt and negative prompt as weighted fragments (None: no negative
+        prompt)."""
         read = fragments if self._weighted(sample.label) else plain
-        return read(sample.prompt), read(sample.negative_prompt)
+        negative = sample.negative_prompt
+        return read(sample.prompt), None if negative is None else read(negative)
 
     def _encoding(self, sample: PlannedSample) -> int:
         """0 when plain diffusers encodes the sample's prompts (unweighted, within one
         window); else how many 77-token windows compel's encoding takes (weighted prompts,
         or long ones under long_prompts: chunk; the other policies cut or refuse)."""
-        texts = (sample.prompt, sample.negative_prompt)
+        texts = [t for t in (sample.prompt, sample.negative_prompt) if t is not None]
         weighted = self._weighted(sample.label)
         if not weighted and (self._policy(sample.label) != "chunk" or not self.tokenizers):
             return 0
@@ -301,16 +305,16 @@ class SampleGenerator:
         """One pipeline call per kind of encoding (one call unless weighted or chunked prompts
         are in the batch), so the conditioning of a sample never depends on its batch
         neighbours."""
-        encodings = [self._encoding(sample) for sample in samples]
+        # A class's samples share one negative prompt, or none: a batch never mixes the two.
+        encodings = [(self._encoding(sample), sample.negative_prompt is None) for sample in samples]
         pixels: list[np.ndarray | None] = [None] * len(samples)
         for encoding in sorted(set(encodings)):
             where = [i for i, e in enumerate(encodings) if e == encoding]
             group = [samples[i] for i in where]
-            if encoding == 0:
-                text = {
-                    "prompt": [s.prompt for s in group],
-                    "negative_prompt": [s.negative_prompt for s in group],
-                }
+            if encoding[0] == 0:
+                # None: diffusers' default, zero embeddings (force_zeros_for_empty_prompt)
+                negatives = None if encoding[1] else [s.negative_prompt for s in group]
+                text = {"prompt": [s.prompt for s in group], "negative_prompt": negatives}
             else:
                 texts = [self._texts(s) for s in group]
                 text = self._long_prompts.conditioning([p for p, _ in texts], [n for _, n in texts])

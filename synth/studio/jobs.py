@@ -112,7 +112,7 @@ def resolve(request: GenerateRequest, run: StudioRun, templates: list[str]) -> J
         request.negative_prompt if request.negative_prompt is not None else cls.negative_prompt
     )
     if cls.prompts != FROM_SOURCE:  # a from_source class's texts are never read as syntax
-        for key, text in (("prompt", prompt), ("negative_prompt", negative)):
+        for key, text in (("prompt", prompt), ("negative_prompt", negative or "")):
             problem = weighting_problem(text, spec.generator.prompt_weighting)
             if problem:
                 raise RequestError(key, problem)

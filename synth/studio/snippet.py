@@ -41,7 +41,11 @@ def reproduce_snippet(row: dict) -> str:
     lines += [
         "image = pipe(",
         f"    prompt={row['prompt']!r},",
-        f"    negative_prompt={row['negative_prompt']!r},",
+        *(
+            [f"    negative_prompt={row['negative_prompt']!r},"]
+            if row.get("negative_prompt") is not None
+            else []  # none given: diffusers' default, as synth rendered it
+        ),
         f"    num_inference_steps={row['steps']},",
         f"    guidance_scale={row['guidance_scale']!r},",
         f"    height={row['height']},",
