@@ -134,6 +134,12 @@ def test_the_pretrained_folder_loads_as_sdxl_and_renders_at_its_training_size(pr
     assert images.shape == (1, SIZE.sample_size, SIZE.sample_size, 3)
     assert np.isfinite(images).all() and images.std() > 0
     assert not (folder / "vae-stage.json").exists()  # a finished build leaves no resume stage
+    # Trained with captions dropped to "": no negative prompt must mean encoding "", not zeros.
+    assert pipeline.config.force_zeros_for_empty_prompt is False
+    quickstart = Path(__file__).parents[1] / "models" / "quickstart" / "small-sdxl-phantom"
+    assert (
+        StableDiffusionXLPipeline.load_config(quickstart)["force_zeros_for_empty_prompt"] is False
+    )
 
 
 def test_pretraining_json_records_settings_losses_data_and_versions(phantom, pretrained):

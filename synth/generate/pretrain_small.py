@@ -92,6 +92,9 @@ def pretrain_small_sdxl(
         write_text_atomic(vae_stage, json.dumps({"digest": stage_key, "losses": vae_losses}))
     scaling = pipeline.vae.config.scaling_factor
     unet_losses = _train_unet(pipeline, latent_mean, latent_std, captions, settings, show_progress)
+    # Its unconditional model is the empty prompt's (caption dropout above), not SDXL's zero
+    # embeddings: a call without a negative prompt must encode "" for it, as diffusers then does.
+    pipeline.register_to_config(force_zeros_for_empty_prompt=False)
     pipeline.save_pretrained(folder, safe_serialization=True)
 
     record = {
