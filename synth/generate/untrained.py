@@ -97,6 +97,10 @@ def build_untrained_model(generator: Generator, seed: int, folder: Path) -> Path
                 scheduler=SCHEDULERS[generator.scheduler].from_pretrained(
                     model, subfolder="scheduler"
                 ),
+                # the model's own convention for an absent negative prompt (zeros, or "")
+                force_zeros_for_empty_prompt=StableDiffusionXLPipeline.load_config(model).get(
+                    "force_zeros_for_empty_prompt", True
+                ),
             )
     except (OSError, ValueError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
