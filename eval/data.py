@@ -87,14 +87,26 @@ def _curation(
     ]
     try:
         record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("qc", {})
+    except (OSError, ValueError) as err:
+        raise SynthError(
+            f"{run_dir}: a curated run without a readable run.json ({err}); re-run `synth run` "
+            "to complete it"
+        ) from None
+    return CurationData(
+        kept_rows, rejected, rejected_rows, uncurated, record, judge_images(run_dir)
+    )
+
+
+def judge_images(run_dir: Path) -> list[str]:
+    """Identities of the real images that trained or early-stopped a curated run's judge."""
+    try:
         judge = JudgeRecord.from_json((run_dir / QC_DIR / JUDGE_RECORD).read_text("utf-8"))
     except (OSError, ValueError, KeyError) as err:
         raise SynthError(
-            f"{run_dir}: a curated run without a readable run.json or qc/{JUDGE_RECORD} ({err}); "
-            "re-run `synth run` to complete it"
+            f"{run_dir}: a curated run without a readable qc/{JUDGE_RECORD} ({err}); re-run "
+            "`synth run` to complete it"
         ) from None
-    judge_images = [f"sha256:{digest}" for _, digest in judge.train_images + judge.val_images]
-    return CurationData(kept_rows, rejected, rejected_rows, uncurated, record, judge_images)
+    return [f"sha256:{digest}" for _, digest in judge.train_images + judge.val_images]
 
 
 PROVENANCE_COLUMNS = (

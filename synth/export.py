@@ -24,13 +24,11 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
-from synth.errors import OutputError, SpecError, SynthError
-from synth.preflight import JUDGE_RECORD
+from synth.errors import OutputError, SpecError
 from synth.shards import (
     DATA_DIR,
     DISCLOSURE,
     IMAGE_TYPE,
-    QC_DIR,
     REJECTED_DIR,
     TEMP_PREFIX,
     output_errors,
@@ -121,11 +119,11 @@ def _real_by_split(spec: Spec, run_dir: Path) -> dict[str, list[RealImage]]:
     """The real images by export split, after the evaluation's leakage guard: no test image
     may be in train (by id or content), nor have trained a LoRA or the curation judge."""
     from eval.arms import Arm, assert_no_leakage
-    from eval.data import adapter_images
+    from eval.data import adapter_images, judge_images
 
     labelled = labelled_splits(spec, "synth export")
     readable = {item.key for part in (labelled.train, labelled.val, labelled.test) for item in part}
-    judge = _judge_images(run_dir) if spec.qc.enabled else set()
+    judge = set(judge_images(run_dir)) if spec.qc.enabled else set()
     assert_no_leakage(labelled.test, [Arm("export train", tuple(labelled.train))],
                       set(adapter_images(spec)), judge)  # fmt: skip
     by_split = real_images_by_split(spec, "synth export")
@@ -133,19 +131,6 @@ def _real_by_split(spec: Spec, run_dir: Path) -> dict[str, list[RealImage]]:
         split: [image for image in by_split[source] if image.image_id in readable]
         for split, source in SPLITS.items()
     }
-
-
-def _judge_images(run_dir: Path) -> set[str]:
-    from synth.curate.judge import JudgeRecord
-
-    try:
-        judge = JudgeRecord.from_json((run_dir / QC_DIR / JUDGE_RECORD).read_text("utf-8"))
-    except (OSError, ValueError, KeyError) as err:
-        raise SynthError(
-            f"{run_dir}: a curated run without a readable qc/{JUDGE_RECORD} ({err}); re-run "
-            "`synth run` to complete it"
-        ) from None
-    return {f"sha256:{digest}" for _, digest in judge.train_images + judge.val_images}
 
 
 def _choose_synthetic(

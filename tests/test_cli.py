@@ -128,9 +128,10 @@ def test_preview_writes_a_grid_and_samples_with_full_metadata(
         assert image.text["scheduler"] == "euler" and image.text["lora_scale"] == "0.8"
     with Image.open(grid.parent / "grid_samples" / "opacity-000001.png") as image:
         text = image.text
-    for key in ("Description", "Seed", "Model", "Software", "negative_prompt", "lora",
+    for key in ("Description", "Seed", "Model", "Software", "DigitalSourceType", "lora",
                 "lora_sha256", "lora_scale", "scheduler", "steps", "guidance_scale"):  # fmt: skip
         assert key in text, key
+    assert "negative_prompt" not in text  # none was given: recorded as absent
     assert text["Seed"] == str(samples[1]["seed"])
     assert main(["preview", str(spec), "--class", "effusion", "--out", str(grid)]) == 2
 
