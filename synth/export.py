@@ -31,6 +31,7 @@ from synth.shards import (
     IMAGE_TYPE,
     REJECTED_DIR,
     TEMP_PREFIX,
+    image_type,
     output_errors,
     shard_files,
 )
@@ -281,8 +282,6 @@ def _write_imagefolder(
 ) -> None:
     """SPLIT/LABEL/FILE for ImageFolder-style readers, and SPLIT/metadata.jsonl with every
     other column (the Hugging Face imagefolder convention)."""
-    from synth.studio.catalog import image_type
-
     root = folder / split
     root.mkdir()
     with (root / "metadata.jsonl").open("w", encoding="utf-8") as metadata:

@@ -163,6 +163,26 @@ def image_text_metadata(provenance: dict[str, object]) -> dict[str, str]:
     return text
 
 
+_IMAGE_TYPES = (
+    (b"\x89PNG", "image/png"),
+    (b"\xff\xd8", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
+
+def image_type(data: bytes) -> str:
+    """The content type of image bytes, from their signature."""
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, content_type in _IMAGE_TYPES:
+        if data.startswith(magic):
+            return content_type
+    return "application/octet-stream"
+
+
 def encode_image(image: Image.Image, image_format: str, text: dict[str, str]) -> bytes:
     """Image bytes; PNGs carry `text` as tEXt chunks. Same input, same bytes."""
     buffer = io.BytesIO()

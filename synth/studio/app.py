@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synth.errors import RequestError
-from synth.studio.catalog import MAX_PAGE, SCORES, Catalog, SampleQuery, StudioRun, image_type
+from synth.shards import image_type
+from synth.studio.catalog import MAX_PAGE, SCORES, Catalog, SampleQuery, StudioRun
 from synth.studio.jobs import (
     GUIDANCE_RANGE,
     LORA_SCALE_RANGE,

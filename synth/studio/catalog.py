@@ -31,14 +31,6 @@ SCORES = {
     "qc_label_score": "the judge's probability of the image's class",
     "qc_real_similarity": "centred cosine to the nearest real train image",
 }
-_IMAGE_TYPES = (
-    (b"\x89PNG", "image/png"),
-    (b"\xff\xd8", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-)
 
 
 @dataclass(frozen=True)
@@ -335,16 +327,6 @@ class Catalog:
                 return bytes(found[0])
         what = f"sample {sample_id!r}" + (f" attempt {attempt}" if attempt is not None else "")
         raise RequestError("sample_id", f"run {run.name}: no {what}", 404)
-
-
-def image_type(data: bytes) -> str:
-    """The content type of image bytes, from their signature."""
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, content_type in _IMAGE_TYPES:
-        if data.startswith(magic):
-            return content_type
-    return "application/octet-stream"
 
 
 def _image_root(spec: Spec) -> Path:
