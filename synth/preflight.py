@@ -59,6 +59,37 @@ def resolve_lora_file(path: Path) -> Path:
     return candidate
 
 
+# Key prefixes of an SDXL checkpoint in the original (SGM/LDM) single-file layout.
+CHECKPOINT_PARTS = {
+    "model.diffusion_model.": "the UNet",
+    "first_stage_model.": "the VAE",
+    "conditioner.embedders.0.transformer.": "the CLIP ViT-L text encoder",
+    "conditioner.embedders.1.model.": "the OpenCLIP ViT-bigG text encoder",
+}
+
+
+def check_checkpoint_file(path: Path, key: str = "generator.model") -> None:
+    """A single-file SDXL checkpoint: a readable .safetensors file holding the original
+    layout's UNet, VAE and both text encoders (its header is read, not its weights)."""
+    if not path.is_file():
+        raise ModelError(f"{key} {path}: file not found; point {key} at an SDXL .safetensors "
+                         "checkpoint or a diffusers folder")  # fmt: skip
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            keys = list(handle.keys())
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"{key} {path}: not a readable safetensors file ({err})") from None
+    missing = [what for prefix, what in CHECKPOINT_PARTS.items()
+               if not any(k.startswith(prefix) for k in keys)]  # fmt: skip
+    if missing:
+        first = repr(keys[0]) if keys else "none"
+        raise ModelError(
+            f"{key} {path}: not a single-file SDXL checkpoint (it lacks {', '.join(missing)}; "
+            f"its first tensor is {first}); give a whole SDXL checkpoint in the A1111/ComfyUI "
+            "layout, or a diffusers folder"
+        )
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -84,6 +115,12 @@ def check_model_reference(ref: str, key: str = "generator.model") -> None:
     if looks_like_a_path(ref) or local.exists():
         if not local.exists():
             raise ModelError(f"{key} {ref}: folder not found; point {key} at a diffusers folder")
+        if local.is_file() and local.suffix.lower() == ".safetensors":
+            raise ModelError(
+                f"{key} {ref}: a single-file checkpoint, which {key} does not take; give a "
+                "diffusers folder (StableDiffusionXLPipeline.from_single_file(FILE, "
+                "config=FOLDER).save_pretrained(OUT) writes one)"
+            )
         if not local.is_dir() or not (
             (local / "model_index.json").is_file() or (local / "config.json").is_file()
         ):
@@ -115,10 +152,15 @@ def check_spec_files(spec: Spec, plan: Plan) -> None:
     """Everything `synth run` would refuse about the spec's files, checked before anything
     loads: the model and VAE references, every LoRA file, the output folder and, when the
     model is a local folder, each planned prompt against its tokenizers."""
-    check_model_reference(spec.generator.model)
-    model = Path(spec.generator.model)
-    if model.is_dir():
-        check_prompts(spec, plan, model)
+    generator = spec.generator
+    if generator.single_file:
+        check_checkpoint_file(Path(generator.model))
+        check_model_reference(generator.configs, "generator.config")
+    else:
+        check_model_reference(generator.model)
+    configs = Path(generator.configs)
+    if configs.is_dir():
+        check_prompts(spec, plan, configs)
     if spec.generator.vae:
         check_model_reference(spec.generator.vae, "generator.vae")
     for label, cls in spec.classes.items():

@@ -499,6 +499,8 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
         generator.pop("long_prompts")
     if generator["prompt_weighting"] == "none":  # likewise
         generator.pop("prompt_weighting")
+    if generator["config"] is None:  # likewise (only single-file checkpoints have one)
+        generator.pop("config")
     if generator.pop("fast_path")["vae_decode"] == "tiled":
         generator["vae_decode"] = "tiled"
     classes = {}

@@ -223,6 +223,8 @@ class FastPath(StrictModel):
 
 
 LongPromptPolicy = Literal["error", "truncate", "chunk"]
+# Checkpoint files that unpickle when loaded (and so can run code).
+PICKLED_CHECKPOINTS = (".ckpt", ".pt", ".pth", ".bin")
 
 
 class Generator(StrictModel):
@@ -230,7 +232,11 @@ class Generator(StrictModel):
     changes the images."""
 
     model: str
-    """A hub id or a local diffusers folder (relative to the spec's folder)."""
+    """A hub id, a local diffusers folder, or a single-file checkpoint (`.safetensors` as A1111
+    and ComfyUI keep them), relative to the spec's folder."""
+    config: str | None = None
+    """For a single-file checkpoint only: the diffusers folder or hub id whose component
+    configs and tokenizers describe it (for an SDXL 1.0 fine-tune, SDXL base's)."""
     vae: str | None = None
     """An optional VAE override: hub id or local folder."""
     dtype: DtypeName = "float16"
@@ -258,6 +264,38 @@ class Generator(StrictModel):
     """A prompt past the 77 tokens CLIP encodes: error refuses it; truncate cuts it after the
     last whole word that fits and records the cut text; chunk encodes it whole in 77-token
     windows. Unset: error for listed prompts, truncate for from_source."""
+
+    @model_validator(mode="after")
+    def _single_file_has_configs(self) -> Generator:
+        suffix = Path(self.model).suffix.lower()
+        if suffix in PICKLED_CHECKPOINTS:
+            raise ValueError(
+                f"model {self.model}: a pickled checkpoint can run code when loaded, so synth "
+                "does not load one; convert it to .safetensors"
+            )
+        if self.single_file and self.config is None:
+            raise ValueError(
+                f"model {self.model} is a single-file checkpoint, which holds weights but no "
+                "configs; set generator.config to the diffusers folder or hub id it was made "
+                "from (SDXL 1.0 fine-tunes: stabilityai/stable-diffusion-xl-base-1.0)"
+            )
+        if self.config is not None and not self.single_file:
+            raise ValueError(
+                "config is only for a single-file checkpoint (generator.model ending in "
+                ".safetensors); a diffusers folder or hub id has its own configs, remove it"
+            )
+        return self
+
+    @property
+    def single_file(self) -> bool:
+        """generator.model is one .safetensors checkpoint, not a diffusers folder or hub id."""
+        return self.model.lower().endswith(".safetensors")
+
+    @property
+    def configs(self) -> str:
+        """Where the model's component configs and tokenizers are: generator.config for a
+        single-file checkpoint, else generator.model itself."""
+        return self.config if self.single_file and self.config is not None else self.model
 
     def long_prompt_policy(self, prompts: object) -> LongPromptPolicy:
         """What happens to a long prompt of a class whose `prompts` are these."""
@@ -574,8 +612,13 @@ def _local_or_hub_id(ref: str | None, base: Path, key: str) -> str | None:
 
 def looks_like_a_path(ref: str) -> bool:
     """A model reference written as a path: a hub id is `name` or `owner/name`, never starting
-    with '.', '/' or '~' and never holding two slashes or a backslash."""
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
+    with '.', '/' or '~', never holding two slashes or a backslash, never a .safetensors file."""
+    return (
+        ref.startswith((".", "/", "~"))
+        or ref.count("/") > 1
+        or "\\" in ref
+        or ref.lower().endswith(".safetensors")
+    )
 
 
 def _absolute(path: Path, base: Path, key: str) -> Path:
@@ -726,6 +769,7 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
     generator = spec.generator.model_copy(
         update={
             "model": _local_or_hub_id(spec.generator.model, base, "generator.model"),
+            "config": _local_or_hub_id(spec.generator.config, base, "generator.config"),
             "vae": _local_or_hub_id(spec.generator.vae, base, "generator.vae"),
         }
     )

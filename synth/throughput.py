@@ -162,7 +162,7 @@ def unet_parameters(model: str) -> int | None:
 
 def workload_of(generator: Generator) -> Workload | None:
     """The workload a spec's generator settings make; None when the model's size is unknown."""
-    parameters = unet_parameters(generator.model)
+    parameters = unet_parameters(generator.configs)
     if parameters is None:
         return None
     return Workload(
@@ -182,7 +182,7 @@ def describe_cost(spec: Spec, images: int, path: Path | None = None) -> list[str
     size = f"{generator.width}x{generator.height}, {generator.steps} steps, {generator.dtype}"
     if workload is None:
         return [
-            f"cost: unknown; {generator.model}'s UNet config is not available here, so no "
+            f"cost: unknown; {generator.configs}'s UNet config is not available here, so no "
             "measured throughput can be matched to it"
         ]
     workers = spec.compute.num_workers

@@ -26,7 +26,12 @@ from synth.curate.gate import Gate, QCScore, margin
 from synth.errors import GenerationError, ModelError
 from synth.generate.long_prompts import LongPromptEncoder
 from synth.plan import PlannedSample, retry_seed
-from synth.preflight import check_model_reference, file_sha256, resolve_lora_file
+from synth.preflight import (
+    check_checkpoint_file,
+    check_model_reference,
+    file_sha256,
+    resolve_lora_file,
+)
 from synth.prompt_tokens import fit_prompt, fits
 from synth.prompt_weights import Fragments, fragments, plain
 from synth.spec import FROM_SOURCE, SCHEDULER_CLASSES, ClassSpec, FastPath, Generator
@@ -426,12 +431,37 @@ def _load_pipeline(generator: Generator, dtype: torch.dtype) -> StableDiffusionX
     extra = {}
     if generator.vae:
         extra["vae"] = load_pretrained(AutoencoderKL, generator.vae, dtype, "generator.vae")
-    pipeline = load_pretrained(
-        StableDiffusionXLPipeline, generator.model, dtype, "generator.model", **extra
-    )
+    if generator.single_file:
+        pipeline = load_single_file(generator, dtype, **extra)
+    else:
+        pipeline = load_pretrained(
+            StableDiffusionXLPipeline, generator.model, dtype, "generator.model", **extra
+        )
     scheduler_class = SCHEDULERS[generator.scheduler]
     pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config)
     return pipeline
+
+
+def load_single_file(generator: Generator, dtype: torch.dtype, **kwargs):
+    """An SDXL pipeline from one original-layout checkpoint, its component configs and
+    tokenizers from generator.config (a local folder: nothing is fetched)."""
+    check_checkpoint_file(Path(generator.model))
+    check_model_reference(generator.configs, "generator.config")
+    try:
+        return StableDiffusionXLPipeline.from_single_file(
+            generator.model,
+            config=generator.configs,
+            dtype=dtype,
+            local_files_only=Path(generator.configs).is_dir(),
+            **kwargs,
+        )
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"generator.model {generator.model}: cannot load it with the configs of "
+            f"generator.config {generator.configs} ({reason}); give the diffusers folder or "
+            "hub id of the model this checkpoint was made from"
+        ) from None
 
 
 def load_pretrained(cls, ref: str, dtype: torch.dtype, key: str, **kwargs):

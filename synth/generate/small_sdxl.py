@@ -39,6 +39,9 @@ class SmallSDXLSize:
     """Sizes of the small model. The defaults keep a 32x32 image under a second on a CPU core."""
 
     text_hidden: int = 32
+    # The second text encoder's width; None: text_hidden. SDXL's encoders differ (768 and
+    # 1280), and diffusers' single-file loader tells them apart by width.
+    text_hidden_2: int | None = None
     text_layers: int = 2
     unet_channels: tuple[int, ...] = (32, 64)
     time_embed_dim: int = 8
@@ -83,21 +86,25 @@ def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = N
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer = small_clip_tokenizer()
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=size.text_hidden,
-        intermediate_size=size.text_hidden * 2,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=size.text_hidden,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="gelu",
-    )
-    text_encoder = CLIPTextModel(text_config)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    hidden_2 = size.text_hidden_2 or size.text_hidden
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=size.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=hidden,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act="gelu",
+        )
+
+    text_encoder = CLIPTextModel(text_config(size.text_hidden))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(hidden_2))
     unet = UNet2DConditionModel(
         sample_size=size.sample_size,
         in_channels=4,
@@ -115,8 +122,8 @@ def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = N
         addition_embed_type="text_time",
         addition_time_embed_dim=size.time_embed_dim,
         # SDXL's added conditions: pooled text (projection_dim) + 6 time ids.
-        projection_class_embeddings_input_dim=size.text_hidden + 6 * size.time_embed_dim,
-        cross_attention_dim=2 * size.text_hidden,
+        projection_class_embeddings_input_dim=hidden_2 + 6 * size.time_embed_dim,
+        cross_attention_dim=size.text_hidden + hidden_2,
         norm_num_groups=size.norm_groups,
     )
     vae = AutoencoderKL(

@@ -51,7 +51,9 @@ def untrained_settings(
     """Render settings for the baseline, building its model in `folder` unless already there."""
     if not (folder / "model_index.json").is_file():
         build_untrained_model(spec.generator, spec.seed, folder)
-    generator = spec.generator.model_copy(update={"model": str(folder), "vae": None})
+    generator = spec.generator.model_copy(
+        update={"model": str(folder), "config": None, "vae": None}
+    )
     # No LoRA: an untrained model has no trained adapter, and a LoRA trained for the real
     # weights would be meaningless on random ones. The classes stay, for their prompt kind
     # (listed or from_source), which decides what happens to a long prompt.
@@ -69,7 +71,7 @@ def untrained_settings(
 def build_untrained_model(generator: Generator, seed: int, folder: Path) -> Path:
     """The spec's SDXL pipeline (its VAE override included) with seeded random weights, saved in
     diffusers format. Only configs are read, so no weights are downloaded for a hub id."""
-    model = generator.model
+    model = generator.configs  # a single-file checkpoint's configs are generator.config's
     quiet_libraries()
     try:
         # A forked RNG: seeding here must not move the caller's random stream.
@@ -104,8 +106,9 @@ def build_untrained_model(generator: Generator, seed: int, folder: Path) -> Path
             )
     except (OSError, ValueError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        key = "generator.config" if generator.single_file else "generator.model"
         raise ModelError(
-            f"generator.model {model}: cannot read its component configs for the untrained "
+            f"{key} {model}: cannot read its component configs for the untrained "
             f"baseline ({reason}); give an SDXL diffusers folder, or set eval.untrained_baseline: 0"
         ) from None
     # Written aside and renamed, so a crash never leaves a half-saved model that looks complete.

@@ -219,7 +219,7 @@ def create_app(
             "nearest_real_by_attempt": {
                 str(r["attempt"]): nearest(r) for r in [row, *rejected] if nearest(r)
             },
-            "snippet": reproduce_snippet(row),
+            "snippet": reproduce_snippet(row, config=studio_run.spec.generator.config),
         }
 
     @app.get("/api/samples/{run}/{sample_id}/image")

@@ -73,7 +73,7 @@ class Job:
 def native_size(generator: Generator) -> int:
     """The model's native image side: its UNet's sample size times the VAE's scale, read from
     a local folder's configs; SDXL's 1024 for a hub id."""
-    folder = Path(generator.model)
+    folder = Path(generator.configs)
     try:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((Path(generator.vae or folder / "vae") / "config.json").read_text())

@@ -9,10 +9,11 @@ from synth.spec import SCHEDULER_CLASSES
 _DTYPE = re.compile(r"\((?:cuda, )?(float32|float16|bfloat16)\)")
 
 
-def reproduce_snippet(row: dict) -> str:
+def reproduce_snippet(row: dict, config: str | None = None) -> str:
     """Python that renders the row's image with diffusers alone. It matches the stored image
     within one 8-bit level: synth also applies its fast path (SDPA, channels-last, fused QKV
-    without a LoRA) and renders in batches, both of which change float rounding."""
+    without a LoRA) and renders in batches, both of which change float rounding. `config` is
+    the run's generator.config, for a model that is a single-file checkpoint."""
     dtype_match = _DTYPE.search(row.get("device") or "")
     dtype = dtype_match.group(1) if dtype_match else "float16"
     device = "cuda" if "cuda" in (row.get("device") or "") else "cpu"
@@ -27,8 +28,10 @@ def reproduce_snippet(row: dict) -> str:
         lines[1] = f"from diffusers import AutoencoderKL, {scheduler}, StableDiffusionXLPipeline"
         lines.append(f"vae = AutoencoderKL.from_pretrained({row['vae']!r}, dtype=torch.{dtype})")
         extra = ", vae=vae"
+    if config is not None:
+        extra = f", config={config!r}{extra}"
     lines += [
-        "pipe = StableDiffusionXLPipeline.from_pretrained(",
+        f"pipe = StableDiffusionXLPipeline.{'from_single_file' if config else 'from_pretrained'}(",
         f"    {row['model']!r}, dtype=torch.{dtype}{extra}",
         f").to({device!r})",
         f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)",
