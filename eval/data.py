@@ -8,8 +8,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from classifiers.data import LabelledImage
 from eval.arms import LeakageError, image_identities
 from synth.curate.judge import JudgeRecord
@@ -18,6 +16,7 @@ from synth.preflight import JUDGE_RECORD
 from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, UNTRAINED_DIR, shard_files
 from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec
+from synth.storage import Location, location
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def check_can_evaluate(spec: Spec) -> None:
     adapter_images(spec)
 
 
-def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
+def load_eval_data(spec: Spec, run_dir: Location) -> EvalData:
     real = labelled_splits(spec)
     index = {label: i for i, label in enumerate(real.classes)}
     if not shard_files(run_dir / DATA_DIR):
@@ -61,7 +60,7 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
     synthetic, rows = _read_shards(run_dir / DATA_DIR, index)
     untrained, _ = _read_shards(run_dir / UNTRAINED_DIR / DATA_DIR, index)
     # A curated run's shards have the gate's columns even when every sample was dropped.
-    curated = "qc_passed" in pq.read_schema(shard_files(run_dir / DATA_DIR)[0]).names
+    curated = "qc_passed" in shard_files(run_dir / DATA_DIR)[0].parquet().schema_arrow.names
     curation = _curation(run_dir, index, synthetic, rows) if curated else None
     return EvalData(
         real.classes, real.train, real.val, real.test, synthetic,
@@ -71,7 +70,7 @@ def load_eval_data(spec: Spec, run_dir: Path) -> EvalData:
 
 
 def _curation(
-    run_dir: Path, index: dict[str, int], kept: list[LabelledImage], kept_rows: list[dict]
+    run_dir: Location, index: dict[str, int], kept: list[LabelledImage], kept_rows: list[dict]
 ) -> CurationData:
     """The gate's record: kept and rejected renders with their scores, each sample's first
     render, run.json's qc figures and the judge's training images."""
@@ -86,7 +85,7 @@ def _curation(
         for sample, (_, image) in sorted(first.items())
     ]
     try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("qc", {})
+        record = json.loads((run_dir / "run.json").read_text()).get("qc", {})
     except (OSError, ValueError) as err:
         raise SynthError(
             f"{run_dir}: a curated run without a readable run.json ({err}); re-run `synth run` "
@@ -97,10 +96,10 @@ def _curation(
     )
 
 
-def judge_images(run_dir: Path) -> list[str]:
+def judge_images(run_dir: Location | Path) -> list[str]:
     """Identities of the real images that trained or early-stopped a curated run's judge."""
     try:
-        judge = JudgeRecord.from_json((run_dir / QC_DIR / JUDGE_RECORD).read_text("utf-8"))
+        judge = JudgeRecord.from_json((location(run_dir) / QC_DIR / JUDGE_RECORD).read_text())
     except (OSError, ValueError, KeyError) as err:
         raise SynthError(
             f"{run_dir}: a curated run without a readable qc/{JUDGE_RECORD} ({err}); re-run "
@@ -132,11 +131,13 @@ def summarise_provenance(rows: list[dict], spec_seed: int) -> dict[str, str]:
     return summary
 
 
-def _read_shards(data_dir: Path, index: dict[str, int]) -> tuple[list[LabelledImage], list[dict]]:
+def _read_shards(
+    data_dir: Location, index: dict[str, int]
+) -> tuple[list[LabelledImage], list[dict]]:
     """A folder's shard images of the evaluated classes, and each one's provenance row."""
     images, rows = [], []
-    for path in shard_files(data_dir):
-        for row in pq.read_table(path).to_pylist():
+    for shard in shard_files(data_dir):
+        for row in shard.parquet().read().to_pylist():
             if row["label"] in index:
                 images.append(
                     LabelledImage(row["sample_id"], row["image"]["bytes"], index[row["label"]])

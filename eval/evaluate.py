@@ -55,6 +55,7 @@ from synth.curate.summary import similarity_warning
 from synth.shards import DATA_DIR, QC_DIR, UNTRAINED_DIR
 from synth.sources.phantom import OPACITY, read_phantom_lesions
 from synth.spec import PhantomSource, Spec
+from synth.storage import Location, location
 from synth.versions import library_versions
 
 __all__ = ["check_can_evaluate", "evaluate"]
@@ -64,9 +65,11 @@ REJECTED_EXAMPLES = 8  # rejected renders the Curation section shows, with their
 NEAR_DUPLICATE_PAIRS = 4  # the closest near-duplicate pairs it shows
 
 
-def evaluate(spec: Spec, run_dir: Path, show_progress: bool = True) -> EvalResult:
-    """The whole evaluation of a run folder's shards, written to RUN_DIR/eval/."""
+def evaluate(spec: Spec, run_dir: Location | Path, show_progress: bool = True) -> EvalResult:
+    """The whole evaluation of a run folder's shards (local or at a URL), written to
+    RUN_DIR/eval/."""
     started = time.perf_counter()
+    run_dir = location(run_dir)
     data = load_eval_data(spec, run_dir)
     curation = data.curation
     arms = build_arms(
@@ -270,7 +273,7 @@ def _ground_truth(
     )
 
 
-def _curation_report(spec: Spec, data: EvalData, run_dir: Path) -> CurationReport | None:
+def _curation_report(spec: Spec, data: EvalData, run_dir: Location) -> CurationReport | None:
     """The gate's figures and pictures, and near-duplicates among the accepted images: pairs
     of one class at or above eval.memorization_threshold on the curation judge's centred
     features (a report figure, not a gate)."""

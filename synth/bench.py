@@ -28,6 +28,7 @@ import yaml
 from synth.generate.pipeline import DTYPES, SCHEDULERS, apply_fast_path, quiet_libraries
 from synth.generate.render import CPU_THREADS_PER_WORKER
 from synth.spec import FastPath, load_spec
+from synth.storage import location
 
 # bf16 dense tensor-core peaks from the vendors' spec sheets, TFLOP/s; the first name that
 # occurs in torch's device name wins (so "H100 PCIe" before "H100").
@@ -323,14 +324,16 @@ def _plan_and_write(samples: int) -> None:
     from synth.run import write_plan
 
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as folder:
-        write_plan(_scale_plan(samples), Path(folder) / "plan.parquet")
+        write_plan(_scale_plan(samples), location(Path(folder) / "plan.parquet"))
 
 
 def _check_shards(arguments: tuple[int, int, str]) -> None:
     from synth.run import missing_shards
 
     samples, shard_size, data_dir = arguments
-    missing = missing_shards(_scale_plan(samples, shard_size), Path(data_dir), _SCALE_SPEC_SHA256)
+    missing = missing_shards(
+        _scale_plan(samples, shard_size), location(data_dir), _SCALE_SPEC_SHA256
+    )
     if missing:
         raise RuntimeError(f"{len(missing)} shard(s) judged missing; all were written")
 

@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="generate the planned images into Parquet shards")
     run.add_argument("spec", type=Path, help=SPEC_HELP)
-    run.add_argument("--out", type=Path, help="output folder (default: the spec's output.dir)")
+    run.add_argument(
+        "--out", help="output folder or URL, s3://... (default: the spec's output.dir)"
+    )
     run.add_argument(
         "--overwrite", action="store_true", help="replace a run of a different spec in --out"
     )
@@ -257,13 +259,14 @@ def _announce(spec, plan) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from synth.spec import load_spec
+    from synth.storage import location
 
     run_dir = args.target if args.target.is_dir() else None
     spec = load_spec(run_dir / "spec.yaml" if run_dir else args.target)
-    _report_eval(spec, (run_dir or spec.output.dir).resolve())
+    _report_eval(spec, location(run_dir or spec.output.dir))
 
 
-def _report_eval(spec, run_dir: Path) -> None:
+def _report_eval(spec, run_dir) -> None:
     from eval.evaluate import evaluate
     from eval.report import headline, untrained_sentences
 
@@ -331,11 +334,18 @@ def _export(args: argparse.Namespace) -> None:
 def _studio(args: argparse.Namespace) -> None:
     from synth.errors import SpecError
     from synth.spec import load_spec
+    from synth.storage import is_url
     from synth.studio import serve
 
     folders = list(args.runs)
     if args.spec is not None:
-        folders.append(load_spec(args.spec).output.dir)  # output.dir, or runs/NAME
+        out = load_spec(args.spec).output.dir  # output.dir, or runs/NAME
+        if is_url(out):
+            raise SpecError(
+                f"output.dir {out}: the studio opens local run folders; copy the run here "
+                "(aws s3 sync, gsutil rsync) and give its folder"
+            )
+        folders.append(Path(out))
     if not folders:
         raise SpecError("give RUN_DIR(s) to open, or --spec SPEC for its output.dir")
     try:

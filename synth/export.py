@@ -11,8 +11,6 @@ failed export leaves nothing.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,14 +28,13 @@ from synth.shards import (
     DISCLOSURE,
     IMAGE_TYPE,
     REJECTED_DIR,
-    TEMP_PREFIX,
     image_type,
-    output_errors,
     shard_files,
 )
 from synth.sources import RealImage
 from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec, load_spec
+from synth.storage import atomic_folder, output_errors
 
 ExportFormat = Literal["parquet", "imagefolder"]
 SPLITS = {"train": "train", "validation": "val", "test": "test"}  # export split -> source split
@@ -76,13 +73,11 @@ def export_run(
     rows = {split: len(real[split]) for split in SPLITS}
     rows["train"] += sum(len(ids) for _, ids in synthetic)
     features = _features(spec, run_dir, include_rejected)
-    temporary = out.with_name(f"{TEMP_PREFIX}{out.name}-export")
-    shutil.rmtree(temporary, ignore_errors=True)
     bar = tqdm(total=sum(rows.values()), unit="row", desc=f"export {spec.name}",
                disable=not show_progress, dynamic_ncols=True)  # fmt: skip
+    # Built aside and renamed into place (`out` is empty or absent, checked above).
     try:
-        with output_errors(temporary):
-            temporary.mkdir(parents=True)
+        with atomic_folder(out, "-export") as temporary, output_errors(temporary):
             for split in SPLITS:
                 batches = _rows(spec, features, real[split], synthetic if split == "train" else [])
                 if fmt == "parquet":
@@ -93,13 +88,6 @@ def export_run(
                 _card(temporary, spec, run_dir, rows, features, fmt, fraction, include_rejected),
                 encoding="utf-8",
             )
-            if out.exists():
-                out.rmdir()  # empty, checked above
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     finally:
         bar.close()
     return ExportSummary(
@@ -107,8 +95,12 @@ def export_run(
     )
 
 
+def _shards(folder: Path) -> list[Path]:
+    return [shard.path for shard in shard_files(folder)]
+
+
 def _run_spec(run_dir: Path) -> Spec:
-    if not (run_dir / "spec.yaml").is_file() or not shard_files(run_dir / DATA_DIR):
+    if not (run_dir / "spec.yaml").is_file() or not _shards(run_dir / DATA_DIR):
         raise OutputError(
             f"{run_dir}: not a finished synth run (no spec.yaml or no shards in {DATA_DIR}/); "
             "give the folder `synth run` wrote"
@@ -140,9 +132,9 @@ def _choose_synthetic(
     """Per shard file, the (sample_id, attempt) rows to export: accepted renders (every row
     of an uncurated run; rows the gate passed of a curated one), or with include_rejected
     every render; then the first round(fraction x n) samples of each class by sample id."""
-    files = shard_files(run_dir / DATA_DIR)
+    files = _shards(run_dir / DATA_DIR)
     if include_rejected:
-        files += shard_files(run_dir / REJECTED_DIR)
+        files += _shards(run_dir / REJECTED_DIR)
     candidates: dict[str, list[tuple[str, int, Path]]] = {label: [] for label in spec.labels}
     for path in files:
         table = pq.read_table(path, columns=[c for c in (*_KEPT_COLUMNS, "attempt")
@@ -170,9 +162,9 @@ class _Features:
 
 
 def _features(spec: Spec, run_dir: Path, include_rejected: bool) -> _Features:
-    shard_schemas = [pq.read_schema(p) for p in shard_files(run_dir / DATA_DIR)[:1]]
+    shard_schemas = [pq.read_schema(p) for p in _shards(run_dir / DATA_DIR)[:1]]
     if include_rejected:
-        shard_schemas += [pq.read_schema(p) for p in shard_files(run_dir / REJECTED_DIR)[:1]]
+        shard_schemas += [pq.read_schema(p) for p in _shards(run_dir / REJECTED_DIR)[:1]]
     provenance: list[pa.Field] = []
     for schema in shard_schemas:
         for field in schema:

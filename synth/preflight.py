@@ -13,8 +13,9 @@ from safetensors import SafetensorError, safe_open
 from synth.errors import ModelError, OutputError
 from synth.plan import Plan
 from synth.prompt_tokens import fit_prompt, load_tokenizers
-from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, TEMP_PREFIX, UNTRAINED_DIR
+from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, UNTRAINED_DIR
 from synth.spec import JUDGE_CLASSIFIER, Spec, looks_like_a_path
+from synth.storage import TEMP_PREFIX, Location, location
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # A saved curation judge (synth/curate/judge.py): weights, record, real reference features.
@@ -170,7 +171,7 @@ def check_spec_files(spec: Spec, plan: Plan) -> None:
             except ModelError as err:
                 raise ModelError(f"classes.{label}.lora: {err}") from None
     if spec.output.dir is not None:
-        check_output_folder(Path(spec.output.dir))
+        check_output_folder(location(spec.output.dir))
     if spec.qc.enabled:
         check_qc_inputs(spec)
 
@@ -185,7 +186,7 @@ def check_qc_inputs(spec: Spec) -> None:
         check_judge_folder(Path(spec.qc.judge), f"qc.judge {spec.qc.judge}")
 
 
-def check_judge_folder(folder: Path, where: str) -> None:
+def check_judge_folder(folder: Path | Location, where: str) -> None:
     """A saved judge has all of its files; `where` names it in the message."""
     missing = [name for name in JUDGE_FILES if not (folder / name).is_file()]
     if missing:
@@ -200,17 +201,16 @@ def is_run_entry(name: str) -> bool:
     return name in RUN_ENTRIES or name.removeprefix(TEMP_PREFIX) in RUN_ENTRIES
 
 
-def check_output_folder(out: Path) -> None:
+def check_output_folder(out: Location) -> None:
     """Never write into a file, or into a folder that holds anything but a synth run."""
-    if out.exists() and not out.is_dir():
+    if out.is_file():
         raise OutputError(f"{out}: is a file, not a folder; choose another --out")
-    if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if not is_run_entry(p.name)]
-        if foreign:
-            raise OutputError(
-                f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
-                "or new --out folder"
-            )
+    foreign = [name for name in out.names() if not is_run_entry(name)]
+    if foreign:
+        raise OutputError(
+            f"{out}: holds {foreign[0]!r}, so it is not a synth run folder; choose an empty "
+            "or new --out folder"
+        )
 
 
 def check_prompts(spec: Spec, plan: Plan, model: Path) -> None:

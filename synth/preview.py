@@ -20,9 +20,10 @@ from synth import __version__
 from synth.errors import OutputError, SpecError
 from synth.generate.render import RenderSettings, ShardRenderer
 from synth.plan import first_samples, plan_for_spec
-from synth.shards import encode_image, image_text_metadata, output_errors
+from synth.shards import encode_image, image_text_metadata
 from synth.sources import real_counts
 from synth.spec import Spec
+from synth.storage import output_errors
 
 _SHARED_KEYS = ("model", "vae", "lora", "lora_sha256", "lora_scale", "scheduler", "steps",
                 "guidance_scale", "device")  # fmt: skip

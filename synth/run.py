@@ -1,18 +1,18 @@
 """`synth run`: spec -> plan -> distributed generation -> shards, resumable at shard level.
 
-The output folder is the run's state. A re-run of the same spec into the same folder checks
-each planned shard, keeps the complete ones and renders only what is missing or unreadable.
+The output folder (a local path or a URL) is the run's state. A re-run of the same spec into
+the same folder checks each planned shard, keeps the complete ones and renders only what is
+missing or unreadable. Every read and write of it goes through synth.storage.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import shutil
+import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,21 +45,18 @@ from synth.shards import (
     DATA_DIR,
     QC_DIR,
     REJECTED_DIR,
-    TEMP_PREFIX,
     UNTRAINED_DIR,
+    ShardDestination,
     dataset_card,
     dropped_ids,
-    output_errors,
-    remove_temporary_files,
+    read_shard_columns,
     shard_files,
     shard_is_complete,
     shard_spec_digests,
-    with_dropped,
-    write_shard,
-    write_text_atomic,
 )
 from synth.sources import real_counts
 from synth.spec import JUDGE_CLASSIFIER, Spec, sha256_of_json, spec_to_yaml
+from synth.storage import Location, atomic_file, exclusive_lock, location
 from synth.throughput import record_run
 from synth.versions import library_versions
 
@@ -79,7 +76,7 @@ _PLAN_SCHEMA = pa.schema(
 
 @dataclass
 class RunSummary:
-    out_dir: Path
+    out_dir: Location
     planned_images: int
     shards_total: int
     shards_reused: int
@@ -102,8 +99,8 @@ def run_spec(
     """Generate every planned image that the output folder does not already hold; `on_plan`
     sees the plan before anything is checked or written."""
     started = time.perf_counter()
-    out = Path(out_dir or spec.output.dir).resolve()
-    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": out})})
+    out = location(out_dir or spec.output.dir)
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"dir": str(out)})})
     plan = plan_for_spec(spec, real_counts(spec))
     if on_plan:
         on_plan(plan)
@@ -112,13 +109,18 @@ def run_spec(
         raise PlanError(f"{too_large}; nothing was written")
     check_spec_files(spec, plan)
     spec_sha256 = generation_sha256(spec, plan)
-    with output_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
+    out.make_folder()
     baseline = spec.eval.enabled and spec.eval.untrained_baseline > 0
     # The baseline's model is built in the run folder, which only a local Ray's workers are
     # sure to see; on a named cluster it renders in this process.
     baseline_on_ray = baseline and not in_process and spec.compute.ray_address is None
-    with _exclusive_lock(out), ray_session(spec.compute) if baseline_on_ray else nullcontext():
+    busy = (
+        f"{out}: another synth run is writing to this folder; wait for it, or choose another --out"
+    )
+    with (
+        exclusive_lock(out / LOCK_FILE, busy),
+        ray_session(spec.compute) if baseline_on_ray else nullcontext(),
+    ):
         settings_sha256 = spec_sha256
         if spec.qc.enabled:
             judge_sha256 = _prepare_judge(spec, out, settings_sha256, overwrite, show_progress)
@@ -140,7 +142,7 @@ def _run_locked(
     spec: Spec,
     plan: Plan,
     spec_sha256: str,
-    out: Path,
+    out: Location,
     overwrite: bool,
     in_process: bool,
     show_progress: bool,
@@ -165,8 +167,8 @@ def _run_locked(
         "invocations": [*previous.get("invocations", []), invocation],
     }
     # Leftovers of writes a crash interrupted (plan.parquet, run.json, ...) go first.
-    removed = remove_temporary_files(out)
-    write_text_atomic(out / "run.json", json.dumps(run_record, indent=2))
+    removed = out.remove_temporary_files()
+    (out / "run.json").write_bytes(json.dumps(run_record, indent=2))
     summary = RunSummary(out, plan.total_synthetic, plan.num_shards, 0, 0, 0.0, None, None)
     timings: dict[str, dict | list] = {"shard_seconds": {}, "model_loads": []}
     try:
@@ -195,7 +197,7 @@ def _generate(
     spec: Spec,
     plan: Plan,
     spec_sha256: str,
-    out: Path,
+    out: Location,
     in_process: bool,
     show_progress: bool,
     started: float,
@@ -207,10 +209,9 @@ def _generate(
 ) -> RunSummary:
     """Write the plan and the run's files, then render every missing shard."""
     spec_yaml = spec_to_yaml(spec)
-    write_text_atomic(out / "spec.yaml", spec_yaml)
+    (out / "spec.yaml").write_bytes(spec_yaml)
     if not (out / "plan.parquet").is_file() or len(run_record["invocations"]) == 1:
-        with output_errors(out / "plan.parquet"):
-            write_plan(plan, out / "plan.parquet")
+        write_plan(plan, out / "plan.parquet")
     card = dataset_card(
         spec.name,
         run_record["classes"],
@@ -218,12 +219,11 @@ def _generate(
         curated=spec.qc.enabled,
         weighted=spec.generator.prompt_weighting != "none",
     )
-    write_text_atomic(out / "README.md", card)
+    (out / "README.md").write_bytes(card)
 
     data_dir = out / DATA_DIR
-    with output_errors(data_dir):
-        data_dir.mkdir(exist_ok=True)
-    removed += remove_temporary_files(data_dir)
+    data_dir.make_folder()
+    removed += data_dir.remove_temporary_files()
     missing = missing_shards(plan, data_dir, spec_sha256)
     reused = plan.num_shards - len(missing)
     summary.shards_reused = reused
@@ -257,18 +257,16 @@ def _generate(
     # When the first shard finished and its image count, and when the last one finished.
     first_shard: dict[str, float] = {}
 
+    destination = ShardDestination(
+        data_dir,
+        plan.num_shards,
+        spec_sha256,
+        rejected_dir=out / REJECTED_DIR if spec.qc.enabled else None,
+    )
+
     def on_shard_done(result: ShardResult) -> None:
-        name = shard_file_name(result.shard, plan.num_shards)
-        if result.rejected is not None:
-            # Rejected renders first: a shard in data/ always has its rejects beside it.
-            rejected = out / REJECTED_DIR / name
-            if result.rejected.num_rows:
-                write_shard(result.rejected, rejected)
-            else:
-                rejected.unlink(missing_ok=True)  # a stale one from an earlier render
-        write_shard(with_dropped(result.table, result.dropped, spec_sha256), data_dir / name)
         first_shard.setdefault("at", time.perf_counter())
-        first_shard.setdefault("images", result.table.num_rows)
+        first_shard.setdefault("images", result.rows)
         first_shard["last_at"] = time.perf_counter()
         shard_seconds[str(result.shard)] = round(result.render_seconds, 3)
         if result.model_load_seconds is not None:
@@ -281,15 +279,26 @@ def _generate(
         bar.update(finished - bar.n)
 
     generation_started = time.perf_counter()
+    driver_cpu = os.times()  # this process's own CPU time, not its children's
     invocation.update(shards_reused=reused, temporary_files_removed=removed)
     try:
         if in_process:
-            report = run_in_process(plan, missing, settings, on_shard_done, on_progress)
+            report = run_in_process(plan, missing, settings, destination, on_shard_done,
+                                    on_progress)  # fmt: skip
         else:
-            report = run_on_ray(plan, missing, settings, spec.compute, on_shard_done, on_progress)
+            report = run_on_ray(plan, missing, settings, spec.compute, destination,
+                                on_shard_done, on_progress, write=spec.output.write)  # fmt: skip
     finally:
         bar.close()
     finished = time.perf_counter()
+    cpu = os.times()
+    driver_cpu_seconds = cpu.user + cpu.system - driver_cpu.user - driver_cpu.system
+    invocation.update(
+        write_mode="in-process" if in_process else report.write_mode,
+        driver_cpu_ms_per_image=round(1000 * driver_cpu_seconds / images_to_render, 4),
+    )
+    if report.fallback:
+        invocation["write_fallback"] = report.fallback
     _check_every_shard_is_there(plan, data_dir)
     generation_seconds = finished - generation_started
     summary.workers = report.workers
@@ -313,7 +322,7 @@ def _generate(
 
 
 def _prepare_judge(
-    spec: Spec, out: Path, settings_sha256: str, overwrite: bool, show_progress: bool
+    spec: Spec, out: Location, settings_sha256: str, overwrite: bool, show_progress: bool
 ) -> str:
     """The run's curation judge, in out/qc/: reused on resume, copied from qc.judge, or
     trained here on the real train split. Returns its weights' sha256. A folder holding
@@ -329,7 +338,7 @@ def _prepare_judge(
             "files or plan changed); pass --overwrite to replace it, or --out a new folder"
         )
     if overwrite or previous_settings not in (None, settings_sha256):
-        shutil.rmtree(out / QC_DIR, ignore_errors=True)  # start again: a fresh judge
+        (out / QC_DIR).remove_tree()  # start again: a fresh judge
     real = labelled_splits(spec, needed_by="qc (its judge)")
     reused = (out / QC_DIR / JUDGE_RECORD).is_file() or spec.qc.judge != JUDGE_CLASSIFIER
     if show_progress and not reused:
@@ -352,7 +361,7 @@ def _prepare_judge(
 
 
 def _record_curation(
-    spec: Spec, plan: Plan, out: Path, run_record: dict, summary: RunSummary, spec_yaml: str
+    spec: Spec, plan: Plan, out: Location, run_record: dict, summary: RunSummary, spec_yaml: str
 ) -> None:
     """With qc on: what the gate did, from every shard in the folder, into run.json, the
     dataset card and the summary `synth run` prints."""
@@ -371,8 +380,7 @@ def _record_curation(
         "classes": {label: c.to_json() for label, c in curation.items()},
     }
     dropped = {label: c.dropped for label, c in curation.items()}
-    write_text_atomic(
-        out / "README.md",
+    (out / "README.md").write_bytes(
         dataset_card(
             spec.name,
             run_record["classes"],
@@ -380,20 +388,15 @@ def _record_curation(
             curated=True,
             dropped=dropped,
             weighted=spec.generator.prompt_weighting != "none",
-        ),
+        )
     )
     summary.curation = curation
 
 
-def read_curation(plan: Plan, out: Path) -> dict[str, ClassCuration]:
+def read_curation(plan: Plan, out: Location) -> dict[str, ClassCuration]:
     """Per-class curation figures from the shards in data/ and rejected/."""
-    kept = pq.read_table(out / DATA_DIR, columns=["label", "qc_passed", "attempt"])
-    rejected_dir = out / REJECTED_DIR
-    rejected = (
-        pq.read_table(rejected_dir, columns=["label", "qc_reason"])
-        if shard_files(rejected_dir)
-        else pa.table({"label": pa.array([], pa.string()), "qc_reason": pa.array([], pa.string())})
-    )
+    kept = read_shard_columns(out / DATA_DIR, ["label", "qc_passed", "attempt"])
+    rejected = read_shard_columns(out / REJECTED_DIR, ["label", "qc_reason"])
     dropped: dict[str, int] = {}
     for path in shard_files(out / DATA_DIR):
         for sample_id in dropped_ids(path):
@@ -410,7 +413,7 @@ def read_curation(plan: Plan, out: Path) -> dict[str, ClassCuration]:
     )
 
 
-def _check_every_shard_is_there(plan: Plan, data_dir: Path) -> None:
+def _check_every_shard_is_there(plan: Plan, data_dir: Location) -> None:
     """Before a run is called complete: every planned shard file exists (one deleted while
     the run went on would otherwise be reported as written)."""
     gone = [
@@ -429,7 +432,7 @@ def render_untrained_baseline(
     spec: Spec,
     plan: Plan,
     spec_sha256: str,
-    out: Path,
+    out: Location,
     on_ray: bool = False,
     show_progress: bool = True,
 ) -> None:
@@ -437,19 +440,20 @@ def render_untrained_baseline(
     yardstick; complete shards are kept. On a local Ray's workers when `on_ray`, else in this
     process."""
     baseline = untrained_plan(plan, spec.eval.untrained_baseline)
-    folder = out / UNTRAINED_DIR
-    data_dir = folder / DATA_DIR
+    data_dir = out / UNTRAINED_DIR / DATA_DIR
     wanted = {shard_file_name(s, baseline.num_shards) for s in range(baseline.num_shards)}
-    with output_errors(data_dir):
-        data_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporary_files(data_dir)
-        for stale in (p for p in shard_files(data_dir) if p.name not in wanted):
-            stale.unlink()  # a baseline of another size: the evaluation reads every shard here
-    missing = missing_shards(baseline, data_dir, untrained_sha256(spec_sha256))
+    data_dir.make_folder()
+    data_dir.remove_temporary_files()
+    for stale in (p for p in shard_files(data_dir) if p.name not in wanted):
+        stale.remove()  # a baseline of another size: the evaluation reads every shard here
+    identity = untrained_sha256(spec_sha256)
+    missing = missing_shards(baseline, data_dir, identity)
     if not missing:
         return
-    created_at = json.loads((out / "run.json").read_text(encoding="utf-8"))["created_at"]
-    settings = untrained_settings(spec, folder / MODEL_DIR, spec_sha256, created_at)
+    created_at = json.loads((out / "run.json").read_text())["created_at"]
+    settings = untrained_settings(spec, untrained_model_folder(out, identity), spec_sha256,
+                                  created_at)  # fmt: skip
+    destination = ShardDestination(data_dir, baseline.num_shards, identity)
     bar = tqdm(
         total=sum(baseline.shard_length(s) for s in missing),
         unit="img",
@@ -458,23 +462,33 @@ def render_untrained_baseline(
         dynamic_ncols=True,
     )
 
-    def write(result: ShardResult) -> None:
-        write_shard(result.table, data_dir / shard_file_name(result.shard, baseline.num_shards))
-
     def progress(finished: int) -> None:
         bar.update(finished - bar.n)
 
+    def written(_: ShardResult) -> None:
+        return None
+
     try:
         if on_ray:
-            run_on_ray(baseline, missing, settings, spec.compute, write, progress)
+            run_on_ray(baseline, missing, settings, spec.compute, destination, written, progress,
+                       write=spec.output.write)  # fmt: skip
         else:
-            run_in_process(baseline, missing, settings, write, progress)
+            run_in_process(baseline, missing, settings, destination, written, progress)
     finally:
         bar.close()
 
 
+def untrained_model_folder(out: Location, identity: str) -> Path:
+    """Where the random-weight model is built: in the run folder, or for a run at a URL in
+    the local cache (a model is a folder of files diffusers loads from disk)."""
+    if out.local:
+        return out.path / UNTRAINED_DIR / MODEL_DIR
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "synth" / "untrained" / identity[:16]
+
+
 def _keep_throughput(
-    spec: Spec, steady: float, workers: list[str], startup: float | None, out: Path
+    spec: Spec, steady: float, workers: list[str], startup: float | None, out: Location
 ) -> None:
     """For `synth plan`'s cost estimates. A finished run never fails for want of this."""
     devices = [worker.split(" ", 1)[1] for worker in workers]
@@ -527,13 +541,15 @@ def generation_sha256(spec: Spec, plan: Plan) -> str:
     return sha256_of_json(identity)
 
 
-def missing_shards(plan: Plan, data_dir: Path, spec_sha256: str) -> list[int]:
-    """Shards with no complete, readable file of this spec; anything else is regenerated."""
+def missing_shards(plan: Plan, data_dir: Location, spec_sha256: str) -> list[int]:
+    """Shards with no complete, readable file of this spec; anything else is regenerated.
+    One listing of the folder, then each present shard's footer and two columns."""
+    present = {shard.name for shard in shard_files(data_dir)}
     missing = []
     for shard in range(plan.num_shards):
-        path = data_dir / shard_file_name(shard, plan.num_shards)
+        name = shard_file_name(shard, plan.num_shards)
         expected = plan.sample_ids_in_shard(shard)
-        if not path.is_file() or not shard_is_complete(path, expected, spec_sha256):
+        if name not in present or not shard_is_complete(data_dir / name, expected, spec_sha256):
             missing.append(shard)
     return missing
 
@@ -542,43 +558,30 @@ def missing_shards(plan: Plan, data_dir: Path, spec_sha256: str) -> list[int]:
 _PLAN_ROWS_PER_WRITE = 1 << 16
 
 
-def write_plan(plan: Plan, path: Path) -> None:
-    """plan.parquet, streamed in blocks of shards so a huge plan never sits in memory."""
-    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
+def write_plan(plan: Plan, where: Location) -> None:
+    """plan.parquet, streamed in blocks of shards so a huge plan never sits in memory twice,
+    and written whole (a Ctrl-C, SIGTERM or full disk mid-write leaves nothing half-written)."""
+    if where.local:
+        with atomic_file(where.path) as temporary:
+            _write_plan_to(plan, temporary)
+        return
+    sink = pa.BufferOutputStream()
+    _write_plan_to(plan, sink)
+    where.write_bytes(sink.getvalue().to_pybytes())
+
+
+def _write_plan_to(plan: Plan, sink) -> None:
     block: dict[str, list] = {name: [] for name in PLAN_COLUMNS}
-    try:
-        with pq.ParquetWriter(temporary, _PLAN_SCHEMA) as writer:
-            for shard in range(plan.num_shards):
-                for name, values in plan.columns_in_shard(shard).items():
-                    block[name] += values
-                if len(block["sample_id"]) >= _PLAN_ROWS_PER_WRITE or shard == plan.num_shards - 1:
-                    writer.write_table(pa.table(block, schema=_PLAN_SCHEMA))
-                    block = {name: [] for name in PLAN_COLUMNS}
-        temporary.replace(path)
-    except BaseException:  # Ctrl-C, SIGTERM or a full disk mid-write: nothing half-written
-        temporary.unlink(missing_ok=True)
-        raise
+    with pq.ParquetWriter(sink, _PLAN_SCHEMA) as writer:
+        for shard in range(plan.num_shards):
+            for name, values in plan.columns_in_shard(shard).items():
+                block[name] += values
+            if len(block["sample_id"]) >= _PLAN_ROWS_PER_WRITE or shard == plan.num_shards - 1:
+                writer.write_table(pa.table(block, schema=_PLAN_SCHEMA))
+                block = {name: [] for name in PLAN_COLUMNS}
 
 
-@contextmanager
-def _exclusive_lock(out: Path):
-    """One synth run per folder at a time: two would remove each other's temporary files."""
-    with output_errors(out / LOCK_FILE):
-        handle = (out / LOCK_FILE).open("a")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(
-                f"{out}: another synth run is writing to this folder; wait for it, or choose "
-                "another --out"
-            ) from None
-        yield
-    finally:
-        handle.close()
-
-
-def _previous_run(out: Path, spec_sha256: str, overwrite: bool) -> dict:
+def _previous_run(out: Location, spec_sha256: str, overwrite: bool) -> dict:
     """The previous run.json of this spec (empty if none); refuses a different spec's folder.
     An unreadable run.json is judged by its shards' spec_sha256 instead, so a crash that
     damaged it never costs the finished shards."""
@@ -603,11 +606,11 @@ def _previous_run(out: Path, spec_sha256: str, overwrite: bool) -> dict:
     return previous
 
 
-def _read_run_record(path: Path) -> dict | None:
+def _read_run_record(path: Location) -> dict | None:
     """run.json as a previous run left it, or None when it is missing, unreadable or its
     fields have the wrong types (a crash or a hand edit): then the shards decide."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     well_formed = (
@@ -623,19 +626,17 @@ def _read_run_record(path: Path) -> dict | None:
     return record
 
 
-def _clear_run(out: Path) -> None:
+def _clear_run(out: Location) -> None:
     """Remove only what synth wrote, never anything else a user keeps in the folder."""
-    shutil.rmtree(out / DATA_DIR, ignore_errors=True)
-    shutil.rmtree(out / UNTRAINED_DIR, ignore_errors=True)
-    shutil.rmtree(out / EVAL_DIR, ignore_errors=True)
-    shutil.rmtree(out / REJECTED_DIR, ignore_errors=True)
+    for folder in (DATA_DIR, UNTRAINED_DIR, EVAL_DIR, REJECTED_DIR):
+        (out / folder).remove_tree()
     for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    remove_temporary_files(out)
+        (out / name).remove()
+    out.remove_temporary_files()
 
 
 def _finish(
-    out: Path,
+    out: Location,
     run_record: dict,
     invocation: dict,
     started: float,
@@ -655,7 +656,4 @@ def _finish(
         devices=sorted({worker.split(" ", 1)[1] for worker in summary.workers}),
     )
     run_record["status"] = invocation["status"]
-    try:
-        write_text_atomic(out / "run.json", json.dumps(run_record, indent=2))
-    except OSError as err:
-        raise SynthError(f"{out / 'run.json'}: cannot record the run ({err})") from None
+    (out / "run.json").write_bytes(json.dumps(run_record, indent=2))

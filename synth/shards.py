@@ -1,16 +1,17 @@
-"""Parquet shards in the Hugging Face layout, one row per image, written atomically.
+"""Parquet shards in the Hugging Face layout, one row per image.
 
-A shard is written to a hidden temporary file in the same folder, flushed to disk and renamed,
-so a reader (or a resumed run) only ever sees complete shards. Knows nothing of diffusers.
+The shard format: its columns, its rows, and how a shard is checked. Shards are written
+through synth.storage, whole or not at all, to a local folder or a URL, so a reader (or a
+resumed run) only ever sees complete shards. Knows nothing of diffusers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,14 +20,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from synth.errors import OutputError
+from synth.plan import shard_file_name
+from synth.storage import Location, location
 
 DATA_DIR = "data"
 # The random-weight baseline's folder in a run: its model/ and its own data/ shards.
 UNTRAINED_DIR = "untrained"
 QC_DIR = "qc"  # the curation judge: weights, record and the real train features
 REJECTED_DIR = "rejected"  # renders the curation gate rejected, as shards, kept for audit
-TEMP_PREFIX = ".tmp-"
 # IPTC's digital source type for media a trained model made: the EU AI Act's disclosure
 # practice, carried by every synthetic PNG and stated in the dataset cards.
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -212,36 +213,60 @@ def records_to_table(
     return pa.Table.from_pylist(rows, schema=shard_schema(curated, rejected, weighted))
 
 
-def write_shard(table: pa.Table, path: Path) -> None:
-    """Write a shard atomically: temporary file, fsync, rename. Nothing partial is ever visible."""
-    with output_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
-        try:
-            # Images are already compressed, so Parquet compression would only cost CPU.
-            pq.write_table(table, temporary, compression="none", row_group_size=64)
-            _fsync(temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+@dataclass(frozen=True)
+class WrittenShard:
+    """What a writer reports of a shard it wrote: small, whatever the shard's size."""
+
+    shard: int
+    location: str
+    rows: int
+    bytes: int
+    sha256: str
+    write_seconds: float
 
 
-@contextmanager
-def output_errors(path: Path) -> Iterator[None]:
-    """A failed write (disk full, permission denied) becomes one clear line, not a traceback."""
-    try:
-        yield
-    except OSError as err:
-        raise OutputError(
-            f"{path}: cannot write ({err.strerror or err}); free space or fix permissions, then "
-            "re-run the same command to resume"
-        ) from None
+def write_shard(table: pa.Table, where: Location | Path, shard: int = -1) -> WrittenShard:
+    """Write a shard whole (a reader sees the complete file or none) and describe it."""
+    where = location(where)
+    started = time.perf_counter()
+    sink = pa.BufferOutputStream()
+    # Images are already compressed, so Parquet compression would only cost CPU.
+    pq.write_table(table, sink, compression="none", row_group_size=64)
+    data = sink.getvalue()
+    where.write_bytes(data)
+    return WrittenShard(
+        shard, str(where), table.num_rows, data.size, hashlib.sha256(data).hexdigest(),
+        round(time.perf_counter() - started, 6),
+    )  # fmt: skip
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
+@dataclass(frozen=True)
+class ShardDestination:
+    """Where a run's shards go, and what a shard file must say: picklable, sent to each worker
+    that writes its own shards."""
+
+    data_dir: Location
+    num_shards: int
+    spec_sha256: str
+    rejected_dir: Location | None = None  # curated runs: the gate's rejected renders
+
+    def write(
+        self,
+        shard: int,
+        table: pa.Table,
+        rejected: pa.Table | None = None,
+        dropped: tuple[str, ...] = (),
+    ) -> WrittenShard:
+        """A rendered shard's files: its rejected renders first, so a shard in data/ always
+        has its rejects beside it; then the shard, naming the samples curation dropped."""
+        name = shard_file_name(shard, self.num_shards)
+        if self.rejected_dir is not None and rejected is not None:
+            if rejected.num_rows:
+                write_shard(rejected, self.rejected_dir / name, shard)
+            else:
+                (self.rejected_dir / name).remove()  # a stale one from an earlier render
+        return write_shard(with_dropped(table, dropped, self.spec_sha256), self.data_dir / name,
+                           shard)  # fmt: skip
 
 
 _DROPPED_KEY = b"synth"
@@ -261,20 +286,21 @@ def _dropped_note(schema: pa.Schema) -> dict:
     return json.loads(note) if note else {"dropped": [], "spec_sha256": None}
 
 
-def dropped_ids(path: Path) -> list[str]:
+def dropped_ids(shard: Location | Path) -> list[str]:
     """The samples a shard file says curation dropped."""
-    return _dropped_note(pq.read_schema(path))["dropped"]
+    return _dropped_note(location(shard).parquet().schema_arrow)["dropped"]
 
 
-def shard_is_complete(path: Path, expected_ids: list[str], spec_sha256: str) -> bool:
+def shard_is_complete(shard: Location | Path, expected_ids: list[str], spec_sha256: str) -> bool:
     """Whether a shard file is readable, holds exactly the expected samples (but those it
-    says curation dropped), and is this spec's."""
+    says curation dropped), and is this spec's. Only its footer and two small columns are
+    read, never the images."""
     try:
         # ParquetFile.read skips the dataset layer of read_table: a third of the time per file,
         # which is what checking the 39,063 shards of a ten-million-image run adds up to.
-        shard = pq.ParquetFile(path)
-        table = shard.read(columns=["sample_id", "spec_sha256"])
-        note = _dropped_note(shard.schema_arrow)
+        parquet = location(shard).parquet()
+        table = parquet.read(columns=["sample_id", "spec_sha256"])
+        note = _dropped_note(parquet.schema_arrow)
     except (OSError, pa.ArrowException, ValueError):
         return False
     dropped = set(note["dropped"])
@@ -288,39 +314,26 @@ def shard_is_complete(path: Path, expected_ids: list[str], spec_sha256: str) -> 
     )
 
 
-def remove_temporary_files(data_dir: Path) -> int:
-    """Delete leftovers of writes that a crash interrupted; returns how many."""
-    leftovers = list(data_dir.glob(f"{TEMP_PREFIX}*")) if data_dir.is_dir() else []
-    for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
-    return len(leftovers)
-
-
-def write_text_atomic(path: Path, text: str | bytes) -> None:
-    """Small files (spec, run.json, README, the judge's weights) get the same all-or-nothing
-    write as shards; text is written as UTF-8."""
-    with output_errors(path):
-        temporary = path.with_name(f"{TEMP_PREFIX}{path.name}")
-        try:
-            temporary.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
-            _fsync(temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-
-
-def shard_files(data_dir: Path) -> list[Path]:
+def shard_files(data_dir: Location | Path) -> list[Location]:
     """A folder's shard files in order; none when the folder does not exist."""
-    return sorted(data_dir.glob("train-*.parquet")) if data_dir.is_dir() else []
+    return location(data_dir).files("train-*.parquet")
 
 
-def shard_spec_digests(data_dir: Path) -> set[str]:
+def read_shard_columns(data_dir: Location, columns: list[str]) -> pa.Table:
+    """Some small columns of every shard in a folder (never the images), in shard order."""
+    tables = [shard.parquet().read(columns=columns) for shard in shard_files(data_dir)]
+    if not tables:
+        schema = shard_schema(curated=True, rejected=True, weighted=True)
+        return schema.empty_table().select(columns)
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def shard_spec_digests(data_dir: Location) -> set[str]:
     """The spec_sha256 values found in a folder's readable shards."""
     digests: set[str] = set()
-    for path in shard_files(data_dir):
+    for shard in shard_files(data_dir):
         try:
-            digests.update(pq.read_table(path, columns=["spec_sha256"]).column(0).to_pylist())
+            digests.update(shard.parquet().read(columns=["spec_sha256"]).column(0).to_pylist())
         except (OSError, pa.ArrowException):
             continue
     return digests

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from synth.errors import SpecError
 from synth.prompt_weights import weighting_problem
+from synth.storage import is_url
 
 # Labels become file names, sample ids and adapter names, so they may never hold a path
 # separator or start with a dot: a label like "../../x" is rejected here.
@@ -350,12 +351,19 @@ class Compute(StrictModel):
 class Output(StrictModel):
     """The dataset written: Hugging Face-layout Parquet shards."""
 
-    dir: SpecPath | None = None
-    """The run folder; default: runs/<name> next to the spec."""
+    dir: str | None = None
+    """The run folder: a local path (relative to the spec), or a URL that fsspec resolves
+    (s3://bucket/run, gs://, abfs://; credentials from the standard environment). Default:
+    runs/<name> next to the spec."""
     shard_size: Annotated[int, Field(ge=1)] = 256
     """Rows per Parquet shard."""
     image_format: Literal["png", "webp", "jpeg"] = "png"
     """png | webp (lossless) | jpeg (quality 95)."""
+    write: Literal["auto", "worker", "driver"] = "auto"
+    """Who writes the shards. worker: each worker writes its own, and the driver sees only
+    small records; driver: workers send the images to this process, which writes them (for
+    workers that cannot reach the output: no shared storage, no credentials); auto: worker,
+    falling back to driver, with a warning, when a worker cannot write."""
 
 
 class RunLimits(StrictModel):
@@ -785,7 +793,10 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
         else cls
         for label, cls in spec.classes.items()
     }
-    out_dir = absolute(spec.output.dir or Path("runs") / spec.name, "output.dir")
+    out_dir = spec.output.dir
+    if out_dir is None or not is_url(out_dir):  # a local folder (file:// URLs included)
+        local = Path(out_dir.removeprefix("file://")) if out_dir else Path("runs") / spec.name
+        out_dir = str(absolute(local, "output.dir"))
     output = spec.output.model_copy(update={"dir": out_dir})
     weights = spec.eval.inception_weights
     evaluation = spec.eval.model_copy(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,10 @@ from classifiers.data import load_gray
 from synth.errors import SourceError
 from synth.generate.pipeline import load_pretrained, quiet_libraries
 from synth.preflight import LORA_WEIGHT_NAME, file_sha256
-from synth.shards import output_errors, write_text_atomic
 from synth.sources import TRAIN_SPLIT
 from synth.sources.iu_text import LABEL_PHRASES
 from synth.spec import LoraTraining
+from synth.storage import atomic_folder, output_errors, write_text_atomic
 from synth.versions import library_versions
 
 _CHECKPOINT_PREFIX = "checkpoint-"
@@ -367,17 +366,12 @@ def _save_lora(unet, folder: Path) -> Path:
 
 def _save_checkpoint(unet, optimizer, lr_scheduler, losses, output_dir: Path, step: int) -> None:
     """LoRA weights, optimizer and scheduler state: small, and no pickle (weights_only)."""
-    folder = output_dir / f"{_CHECKPOINT_PREFIX}{step}"
-    temporary = output_dir / f".tmp-{_CHECKPOINT_PREFIX}{step}"
-    with output_errors(folder):
-        temporary.mkdir(parents=True, exist_ok=True)
+    # Built aside, then it replaces an older checkpoint of the same step (a re-run).
+    with atomic_folder(output_dir / f"{_CHECKPOINT_PREFIX}{step}") as temporary:
         _save_lora(unet, temporary)
         torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), temporary / "scheduler.pt")
         (temporary / "state.json").write_text(json.dumps({"step": step, "losses": losses}))
-        if folder.exists():
-            shutil.rmtree(folder)  # an older checkpoint of the same step (a re-run)
-        temporary.replace(folder)
 
 
 def _resume(unet, optimizer, lr_scheduler, output_dir: Path) -> tuple[int, list[float]]:

@@ -95,7 +95,8 @@ def write_spec(folder: Path, data: dict, name: str = "spec.yaml") -> Path:
 
 def kill_run_after_shards(spec: Path, out: Path, shards: int = 2) -> tuple[list[str], dict]:
     """Start `synth run SPEC` (local Ray), SIGKILL the driver alone once `shards` shard files
-    exist, then its orphaned Ray processes; the command, and the finished shards' bytes."""
+    exist, then its orphaned Ray processes; the command, and the finished shards' bytes once
+    every process is gone (workers write their own shards, so an orphan may finish one)."""
     import contextlib
     import os
     import signal
@@ -114,10 +115,32 @@ def kill_run_after_shards(spec: Path, out: Path, shards: int = 2) -> tuple[list[
         assert driver.poll() is None, "the run finished before it could be killed"
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone, mid-run
         driver.wait(timeout=30)
-        finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
-        assert len(finished) >= shards
     finally:
         # The orphaned local Ray processes of the killed driver share its session.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        with contextlib.suppress(ProcessLookupError):
+            while time.monotonic() < deadline:  # until no process of the group is left
+                os.killpg(driver.pid, 0)
+                time.sleep(0.05)
+    finished = {p.name: p.read_bytes() for p in (out / "data").glob("train-*.parquet")}
+    assert len(finished) >= shards
     return command, finished
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3 server (moto) for the session, the AWS environment pointing at it."""
+    from tests.s3_server import environment, s3_server
+
+    with s3_server() as env, environment(env):
+        yield env
+
+
+@pytest.fixture()
+def bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket on the local S3 server: its s3:// URL."""
+    from tests.s3_server import new_bucket
+
+    return new_bucket()

@@ -146,53 +146,51 @@ def test_a_killed_runs_temporary_files_are_cleaned_on_resume_and_by_overwrite(
 
 
 def test_a_full_disk_names_the_shard_and_records_the_failure(spec_path, tmp_path, monkeypatch):
-    import synth.shards
+    import synth.storage
 
     out = tmp_path / "out"
-    original = synth.shards.pq.write_table
-    calls = []
+    original = synth.storage.fsync
+    failing: list[str] = ["train-00001-of-00004.parquet"]  # names whose write hits a full disk
 
-    def full_disk(table, where, *args, **kwargs):
-        calls.append(where)
-        if len(calls) == 2:
+    def full_disk(path):
+        if any(name in path.name for name in failing):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(table, where, *args, **kwargs)
+        return original(path)
 
-    monkeypatch.setattr(synth.shards.pq, "write_table", full_disk)
+    monkeypatch.setattr(synth.storage, "fsync", full_disk)
     with pytest.raises(OutputError, match=r"train-00001-of-00004.parquet: .*No space left"):
         _run(spec_path, out)
     failed = _last_invocation(out)
     assert failed["status"] == "failed" and "train-00001-of-00004.parquet" in failed["error"]
+    assert not list((out / "data").glob(".tmp-*"))  # nothing half-written is left
+
     # When the disk then refuses run.json too, the error still names the shard, not run.json.
-    import synth.run
+    def shard_then_everything(path):
+        if "train-00001" in path.name:
+            failing.append("")  # from here on every write fails, run.json's included
+        return full_disk(path)
 
-    calls.clear()
-    write_text = synth.run.write_text_atomic
-
-    def after_the_shard_nothing_writes(path, text):
-        if len(calls) >= 2:
-            raise OutputError(f"{path}: cannot write (No space left on device)")
-        write_text(path, text)
-
-    monkeypatch.setattr(synth.run, "write_text_atomic", after_the_shard_nothing_writes)
+    monkeypatch.setattr(synth.storage, "fsync", shard_then_everything)
     with pytest.raises(OutputError, match=r"train-00001-of-00004.parquet: .*No space left"):
         _run(spec_path, tmp_path / "second")
+    assert failing[-1] == ""  # the failure's record was refused too
 
 
 def test_a_shard_deleted_during_the_run_fails_it_instead_of_calling_it_complete(
     spec_path, tmp_path, uninterrupted, monkeypatch
 ):
-    import synth.run
+    import synth.shards
 
     out = tmp_path / "out"
-    original = synth.run.write_shard
+    original = synth.shards.write_shard
 
-    def write_then_delete_the_first(table, path):
-        original(table, path)
-        if path.name == "train-00003-of-00004.parquet":
-            (path.parent / "train-00000-of-00004.parquet").unlink()
+    def write_then_delete_the_first(table, where, shard):
+        written = original(table, where, shard)
+        if where.name == "train-00003-of-00004.parquet":
+            (where.path.parent / "train-00000-of-00004.parquet").unlink()
+        return written
 
-    monkeypatch.setattr(synth.run, "write_shard", write_then_delete_the_first)
+    monkeypatch.setattr(synth.shards, "write_shard", write_then_delete_the_first)
     with pytest.raises(OutputError, match=r"train-00000-of-00004.parquet: missing after the run"):
         _run(spec_path, out)
     assert _last_invocation(out)["status"] == "failed"

@@ -25,6 +25,7 @@ from eval.report import metrics_json, report_markdown, write_outputs
 from eval.results import EvalResult, FidRow, LabelFidelity, MemorisationReport, UntrainedComparison
 from eval.scoring import ArmScores, score_arms, validation_thresholds
 from eval.verdict import verdicts
+from synth.storage import location
 
 # Hostile user text: each part changes the page if a browser ever runs it (no alert(): a
 # dialog would stall the headless browser rather than show in its DOM).
@@ -134,7 +135,7 @@ def result() -> EvalResult:
 @pytest.fixture(scope="module")
 def written(result, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    write_outputs(result, out)
+    write_outputs(result, location(out))
     return out
 
 

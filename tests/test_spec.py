@@ -152,7 +152,7 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path):
     spec = load_spec(write_spec(tmp_path, data))
     assert spec.generator.model == str(tmp_path / "models" / "m")
     assert spec.classes["opacity"].lora.path == tmp_path / "loras" / "opacity.safetensors"
-    assert spec.output.dir == tmp_path / "out"
+    assert spec.output.dir == str(tmp_path / "out")
 
 
 def test_missing_spec_file():

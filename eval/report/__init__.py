@@ -5,9 +5,6 @@ report.md and the PNG figures they show. Each writer renders the one EvalResult;
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from eval.report.figures import figures
 from eval.report.html_page import report_html
@@ -15,23 +12,19 @@ from eval.report.markdown_page import report_markdown
 from eval.report.metrics_json import metrics_json, predictions_table
 from eval.report.tables import headline, untrained_sentences
 from eval.results import EvalResult
-from synth.shards import output_errors, write_text_atomic
+from synth.storage import Location
 
 __all__ = ["headline", "metrics_json", "report_html", "report_markdown", "untrained_sentences",
            "write_outputs"]  # fmt: skip
 
 
-def write_outputs(result: EvalResult, out: Path) -> None:
-    with output_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics_json(result), indent=2))
-    with output_errors(out / "predictions.parquet"):
-        temporary = out / ".tmp-predictions.parquet"
-        pq.write_table(predictions_table(result), temporary)
-        temporary.replace(out / "predictions.parquet")
+def write_outputs(result: EvalResult, out: Location) -> None:
+    """The evaluation's files in `out` (a local folder or a URL), each written whole."""
+    out.make_folder()
+    (out / "metrics.json").write_bytes(json.dumps(metrics_json(result), indent=2))
+    (out / "predictions.parquet").write_table(predictions_table(result))
     pictures = figures(result)
     for name, png in pictures.items():
-        with output_errors(out / f"{name}.png"):
-            (out / f"{name}.png").write_bytes(png)
-    write_text_atomic(out / "report.html", report_html(result, pictures))
-    write_text_atomic(out / "report.md", report_markdown(result))
+        (out / f"{name}.png").write_bytes(png)
+    (out / "report.html").write_bytes(report_html(result, pictures))
+    (out / "report.md").write_bytes(report_markdown(result))

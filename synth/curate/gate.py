@@ -6,7 +6,6 @@ nearest real train image is found by exact search, and the thresholds decide.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -17,6 +16,7 @@ from classifiers.train import predict_scores_and_features
 from synth.curate.judge import load_judge
 from synth.shards import encode_image
 from synth.spec import QCSpec
+from synth.storage import Location
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def margin(score: QCScore, qc: QCSpec) -> float:
 class Gate:
     """The judge and the real reference, loaded once per worker from the run's qc/ folder."""
 
-    def __init__(self, judge_folder: Path, qc: QCSpec, image_format: str) -> None:
+    def __init__(self, judge_folder: Location, qc: QCSpec, image_format: str) -> None:
         judge = load_judge(judge_folder)
         self.qc = qc
         self.image_format = image_format

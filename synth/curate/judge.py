@@ -14,6 +14,7 @@ The weights file's sha256 is part of the run's identity. A resumed run reuses th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from classifiers.data import LabelledImage
 from classifiers.features import InnerProductIndex, centred_unit
@@ -29,15 +30,15 @@ from classifiers.models import build_classifier
 from classifiers.train import TrainSettings, device, extract_features, train_classifier
 from synth.errors import ModelError, OutputError
 from synth.preflight import (
-    JUDGE_FILES,
     JUDGE_RECORD,
     JUDGE_REFERENCE,
     JUDGE_WEIGHTS,
     check_judge_folder,
     file_sha256,
 )
-from synth.shards import QC_DIR, write_text_atomic
+from synth.shards import QC_DIR
 from synth.spec import JUDGE_CLASSIFIER, EvalSpec, Spec
+from synth.storage import Location, location
 
 WEIGHTS, RECORD, REFERENCE = JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE
 
@@ -137,7 +138,7 @@ def prepare_judge(
     classes: list[str],
     train: list[LabelledImage],
     val: list[LabelledImage],
-    out: Path,
+    out: Location,
 ) -> Judge:
     """The run's judge: the one in `out/qc/` when it matches these images and this recipe,
     else the one `qc.judge` names (copied in), else a new one trained here and saved."""
@@ -147,7 +148,7 @@ def prepare_judge(
         given = Path(spec.qc.judge) / WEIGHTS
         if not (folder / RECORD).is_file():
             _copy_judge(given.parent, folder)
-        elif file_sha256(folder / WEIGHTS) != file_sha256(given):
+        elif _sha256((folder / WEIGHTS).read_bytes()) != file_sha256(given):
             raise OutputError(
                 f"{out}: holds a run curated by another judge than qc.judge {given.parent}; "
                 "pass --overwrite to replace it, or --out a new folder"
@@ -176,7 +177,7 @@ def train_judge(
     train: list[LabelledImage],
     val: list[LabelledImage],
     settings: TrainSettings,
-    folder: Path,
+    folder: Location,
 ) -> Judge:
     """Train on the real train split (val for early stopping), save, and return the judge."""
     started = time.perf_counter()
@@ -202,28 +203,29 @@ def train_judge(
             for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
         },
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.make_folder()
     state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
     reference = {
         "centre": torch.from_numpy(centre.astype(np.float32)),
         "features": torch.from_numpy(reference_features),
     }
     # The record last: a folder whose judge.json exists holds a whole judge.
-    write_text_atomic(folder / WEIGHTS, save(state))
-    write_text_atomic(folder / REFERENCE, save(reference))
-    write_text_atomic(folder / RECORD, record.to_json())
+    (folder / WEIGHTS).write_bytes(save(state))
+    (folder / REFERENCE).write_bytes(save(reference))
+    (folder / RECORD).write_bytes(record.to_json())
     return load_judge(folder)
 
 
-def load_judge(folder: Path) -> Judge:
-    """A saved judge, its record and its real reference features."""
+def load_judge(folder: Location | Path) -> Judge:
+    """A saved judge, its record and its real reference features (a local folder or a URL)."""
+    folder = location(folder)
     check_judge_folder(folder, str(folder))
-    paths = {name: folder / name for name in JUDGE_FILES}
     try:
-        record = JudgeRecord.from_json(paths[RECORD].read_text(encoding="utf-8"))
+        record = JudgeRecord.from_json((folder / RECORD).read_text())
         model = build_classifier(record.settings.architecture, len(record.classes)).model
-        model.load_state_dict(load_file(paths[WEIGHTS]))
-        tensors = load_file(paths[REFERENCE])
+        weights = (folder / WEIGHTS).read_bytes()
+        model.load_state_dict(load(weights))
+        tensors = load((folder / REFERENCE).read_bytes())
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
@@ -235,15 +237,19 @@ def load_judge(folder: Path) -> Judge:
         centre=tensors["centre"].numpy(),
         features=tensors["features"].numpy(),
     )
-    return Judge(model, record, reference, file_sha256(paths[WEIGHTS]))
+    return Judge(model, record, reference, _sha256(weights))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _identities(images: list[LabelledImage]) -> tuple[tuple[str, str], ...]:
     return tuple((image.key, file_sha256(Path(image.source))) for image in images)
 
 
-def _copy_judge(source: Path, folder: Path) -> None:
+def _copy_judge(source: Path, folder: Location) -> None:
     load_judge(source)  # refuses anything that is not a whole judge, before copying
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.make_folder()
     for name in (WEIGHTS, REFERENCE, RECORD):  # the record last, as train_judge writes it
-        write_text_atomic(folder / name, (source / name).read_bytes())
+        (folder / name).write_bytes((source / name).read_bytes())

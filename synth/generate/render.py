@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ from synth import __version__
 from synth.plan import PlannedSample
 from synth.shards import ImageRecord, encode_image, records_to_table
 from synth.spec import ClassSpec, Generator, QCSpec
+from synth.storage import Location
 
 if TYPE_CHECKING:
     from synth.generate.pipeline import RenderedImage
@@ -40,7 +40,7 @@ class RenderSettings:
     created_at: str  # when the run (output folder) began; the same for every row of the run
     image_format: str
     qc: QCSpec | None = None  # curation on: every image scored and gated
-    judge_folder: Path | None = None  # the run's qc/ folder, which the workers load
+    judge_folder: Location | None = None  # the run's qc/ folder, which the workers load
 
 
 @dataclass(frozen=True)

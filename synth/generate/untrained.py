@@ -7,7 +7,6 @@ from the run: the component configs, tokenizers and scheduler are the model's ow
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from synth.errors import ModelError
 from synth.generate.pipeline import DTYPES, SCHEDULERS, quiet_libraries
 from synth.generate.render import RenderSettings
 from synth.plan import Plan, plan_counts
-from synth.shards import output_errors
 from synth.spec import Generator, Spec, sha256_of_json
+from synth.storage import atomic_folder
 
 MODEL_DIR = "model"  # inside the run's untrained/ folder, beside its data/
 
@@ -112,11 +111,7 @@ def build_untrained_model(generator: Generator, seed: int, folder: Path) -> Path
             f"baseline ({reason}); give an SDXL diffusers folder, or set eval.untrained_baseline: 0"
         ) from None
     # Written aside and renamed, so a crash never leaves a half-saved model that looks complete.
-    temporary = folder.with_name(f".tmp-{folder.name}")
-    with output_errors(folder):
-        shutil.rmtree(temporary, ignore_errors=True)
+    with atomic_folder(folder) as temporary:
         pipeline.to(dtype=DTYPES[generator.dtype])
         pipeline.save_pretrained(temporary, safe_serialization=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        temporary.replace(folder)
     return folder

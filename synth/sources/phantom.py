@@ -11,7 +11,6 @@ Drawing is pure (`phantom_parameters`, `draw_phantom`); only `materialise_phanto
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ import pandas as pd
 from PIL import Image
 
 from synth.errors import SourceError
-from synth.shards import output_errors, write_text_atomic
 from synth.sources import RealImage
 from synth.sources.iu_xray import assign_splits
 from synth.spec import PHANTOM_LABELS, PhantomSource, sha256_of_json
+from synth.storage import atomic_folder, output_errors
 
 NORMAL, OPACITY = PHANTOM_LABELS
 MANIFEST_NAME = "manifest.parquet"
@@ -231,10 +230,8 @@ def materialise_phantom(source: PhantomSource) -> Path:
             f"source.path {folder}: folder exists and is not a synth phantom; "
             "point source.path at a new or phantom-only folder"
         )
-    staging = folder.with_name(f".{folder.name}.drawing")
-    with output_errors(folder.parent):
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "images").mkdir(parents=True)
+    with atomic_folder(folder, ".drawing") as staging, output_errors(folder.parent):
+        (staging / "images").mkdir()
         table = phantom_table(source)
         for row in table.itertuples(index=False):
             # The parameters are pure functions of (seed, index, label): drawn again, not parsed.
@@ -242,8 +239,7 @@ def materialise_phantom(source: PhantomSource) -> Path:
             pixels = draw_phantom(params, source.image_size, source.seed, row.index)
             Image.fromarray(pixels, mode="L").save(staging / row.path, optimize=False)
         table.to_parquet(staging / MANIFEST_NAME, index=False)
-        write_text_atomic(
-            staging / RECORD_NAME,
+        (staging / RECORD_NAME).write_text(
             json.dumps(
                 {
                     "digest": digest,
@@ -253,9 +249,6 @@ def materialise_phantom(source: PhantomSource) -> Path:
                 indent=2,
             ),
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
     return manifest
 
 

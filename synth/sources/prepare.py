@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from classifiers.data import load_gray
 from synth.errors import SourceError
-from synth.shards import output_errors, write_text_atomic
 from synth.sources.iu_xray import IURecord, IUSource, load_iu_source
 from synth.spec import IUXraySource
+from synth.storage import atomic_file, output_errors, write_text_atomic
 
 CLIP_TOKEN_WINDOW = 77
 # CLIP's BPE splits text at these pieces first and never merges across them, so their count
@@ -134,10 +134,8 @@ def prepare_iu(
         "tokens counted with": counted_with,
     }
     manifest = out / "manifest.parquet"
-    with output_errors(manifest):
-        temporary = manifest.with_name(".tmp-manifest.parquet")
+    with atomic_file(manifest) as temporary:
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), temporary)
-        os.replace(temporary, manifest)
     write_text_atomic(out / "funnel.json", json.dumps(report, indent=2))
     table = funnel.table() + f"\ncaption tokens counted with: {counted_with}"
     return PrepareSummary(manifest, len(rows), report, table)
@@ -162,10 +160,8 @@ def _prepare_images(loaded: IUSource, image_out: Path, size: int) -> list:
             return "missing"
         except (UnidentifiedImageError, OSError, ValueError):
             return "unreadable"
-        temporary = target.with_name(f".tmp-{target.name}")
-        with output_errors(target):
+        with atomic_file(target) as temporary:
             image.save(temporary, format="PNG")
-            os.replace(temporary, target)
         return box
 
     records = loaded.dataset.records

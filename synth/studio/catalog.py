@@ -53,10 +53,10 @@ class StudioRun:
 
     def data_files(self) -> list[Path]:
         """The complete shards now (a run in progress gains more; temporary files are hidden)."""
-        return shard_files(self.path / DATA_DIR)
+        return [shard.path for shard in shard_files(self.path / DATA_DIR)]
 
     def rejected_files(self) -> list[Path]:
-        return shard_files(self.path / REJECTED_DIR)
+        return [shard.path for shard in shard_files(self.path / REJECTED_DIR)]
 
     @property
     def report(self) -> Path | None:
