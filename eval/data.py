@@ -12,8 +12,8 @@ from classifiers.data import LabelledImage
 from eval.arms import LeakageError, image_identities
 from synth.curate.judge import JudgeRecord
 from synth.errors import SourceError, SynthError
-from synth.preflight import JUDGE_RECORD
-from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, UNTRAINED_DIR, shard_files
+from synth.layout import DATA_DIR, JUDGE_RECORD, QC_DIR, REJECTED_DIR, UNTRAINED_DIR
+from synth.shards import shard_files
 from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec
 from synth.storage import Location, location

@@ -52,7 +52,7 @@ from eval.train_arms import ArmJob, train_arms
 from eval.verdict import verdicts
 from synth.curate.judge import classifier_recipe, load_judge
 from synth.curate.summary import similarity_warning
-from synth.shards import DATA_DIR, QC_DIR, UNTRAINED_DIR
+from synth.layout import DATA_DIR, QC_DIR, UNTRAINED_DIR
 from synth.sources.phantom import OPACITY, read_phantom_lesions
 from synth.spec import PhantomSource, Spec
 from synth.storage import Location, location

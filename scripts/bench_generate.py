@@ -26,6 +26,7 @@ from synth.bench import (
     BenchSettings,
     bare_loop,
     bf16_peak_flops,
+    driver_cost,
     engine_run,
     fast_path_options,
     plan_at_scale,
@@ -61,6 +62,12 @@ def main() -> None:
     parser.add_argument("--scale-samples", type=int, default=10_000_000)
     parser.add_argument("--skip-options", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument(
+        "--driver-images",
+        type=int,
+        default=512,
+        help="images per write mode in the driver-cost figure (0: skip it)",
+    )
     parser.add_argument("--qc-repeats", type=int, default=3, help="engine with/without curation")
     parser.add_argument("--profile", type=Path, help="write a torch.profiler summary here")
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak, for an unlisted GPU")
@@ -176,6 +183,19 @@ def main() -> None:
                 ],
             ],
         )
+    if args.driver_images:
+        cost = driver_cost(images=args.driver_images)
+        figures["driver_cpu_ms_per_image"] = cost.cpu_ms_per_image
+        figures["driver_received_bytes_per_image"] = cost.received_bytes_per_image
+        figures["driver_cost_conditions"] = {
+            "image_bytes": cost.image_bytes, "images": cost.images,
+            "workers": cost.workers, "repeats": cost.repeats,
+        }  # fmt: skip
+        _print_table(
+            ["shards written by", "driver CPU ms/image", "driver receives bytes/image"],
+            [[mode, f"{cost.cpu_ms_per_image[mode]:.3f}",
+              f"{cost.received_bytes_per_image[mode]:,}"] for mode in ("driver", "worker")],
+        )  # fmt: skip
     if args.profile:
         args.profile.write_text(profile_summary(settings), encoding="utf-8")
         print(f"profile: {args.profile} (bare loop), {worker_profile} (the engine's Ray worker)")

@@ -372,6 +372,125 @@ def _timed(function: Callable, argument) -> tuple[float, int]:
     return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+@dataclass(frozen=True)
+class DriverCost:
+    """The driver process's own cost per image, per write mode (medians over repeats)."""
+
+    cpu_ms_per_image: dict[str, float]  # "driver", "worker" -> this process's CPU ms per image
+    received_bytes_per_image: dict[str, float]  # what the driver received, per image
+    image_bytes: int  # the prepared PNG's size
+    images: int
+    workers: int
+    repeats: int
+
+
+class PreparedImages:
+    """Stands in for the renderer in the driver-cost bench: every sample gets one of a few
+    prepared PNG-encoded 1024x1024 8-bit single-channel images of random pixels (about 1 MB,
+    what an SDXL chest radiograph weighs), made into shard rows exactly as rendered ones are.
+    So the workers and the driver do all their real work but the rendering."""
+
+    def __init__(self, settings, side: int = 1024, distinct: int = 4) -> None:
+        from PIL import Image
+
+        from synth.shards import encode_image
+
+        self.settings = settings
+        self.model_load_seconds: float | None = None
+        self.device_name = "prepared images"
+        rng = np.random.default_rng(0)
+        self.pngs = [
+            encode_image(Image.fromarray(noise, "L"), "png", {})
+            for noise in rng.integers(0, 256, (distinct, side, side), np.uint8)
+        ]
+
+    def render(self, samples, on_batch_done=None):
+        from synth.generate.render import RenderedShard
+        from synth.shards import ImageRecord, records_to_table
+
+        self.model_load_seconds = self.model_load_seconds or 0.0
+        records = [
+            ImageRecord(
+                s.sample_id,
+                s.label,
+                self.pngs[i % len(self.pngs)],
+                f"{s.sample_id}.png",
+                1024,
+                1024,
+                s.prompt,
+                s.negative_prompt,
+                s.seed,
+                "prepared",
+                None,
+                None,
+                None,
+                None,
+                "euler",
+                30,
+                7.0,
+                self.settings.spec_sha256,
+                "bench",
+                "cpu",
+                "bench",
+                1,
+            )
+            for i, s in enumerate(samples)
+        ]
+        if on_batch_done:
+            on_batch_done(len(records))
+        return RenderedShard(records_to_table(records))
+
+
+def driver_cost(images: int = 512, shard_size: int = 64, workers: int = 2,
+                repeats: int = 3) -> DriverCost:  # fmt: skip
+    """The driver's CPU time and received bytes per image with the workers writing their own
+    shards and with the driver writing them, measured side by side on a local Ray: the modes
+    alternate, `repeats` times each, and the medians are kept. Real-size payloads
+    (PreparedImages); the driver's CPU is its own process's user+system time."""
+    import os
+
+    from synth.distribute import ray_session, run_on_ray
+    from synth.generate.render import RenderSettings
+    from synth.shards import ShardDestination
+    from synth.spec import ClassSpec, Compute, Generator
+
+    plan = _scale_plan(images, shard_size)
+    settings = RenderSettings(
+        generator=Generator(model="prepared-images"),
+        classes={label: ClassSpec(prompts=[PROMPT]) for label in ("opacity", "normal")},
+        spec_sha256=_SCALE_SPEC_SHA256,
+        created_at="bench",
+        image_format="png",
+    )
+    compute = Compute(num_workers=workers)
+    cpu: dict[str, list[float]] = {"driver": [], "worker": []}
+    received: dict[str, list[float]] = {"driver": [], "worker": []}
+    with ray_session(compute), tempfile.TemporaryDirectory(prefix="bench-driver-") as folder:
+        for repeat in range(repeats):
+            for mode in ("driver", "worker"):
+                destination = ShardDestination(
+                    location(Path(folder) / f"{mode}-{repeat}"), plan.num_shards, "bench"
+                )
+                before = os.times()
+                report = run_on_ray(
+                    plan, range(plan.num_shards), settings, compute, destination,
+                    lambda _: None, lambda _: None, write=mode, renderer=PreparedImages,
+                )  # fmt: skip
+                after = os.times()
+                spent = after.user + after.system - before.user - before.system
+                cpu[mode].append(1000 * spent / images)
+                received[mode].append(report.received_bytes / images)
+                destination.data_dir.remove_tree()
+    return DriverCost(
+        cpu_ms_per_image={m: round(statistics.median(v), 4) for m, v in cpu.items()},
+        received_bytes_per_image={m: round(statistics.median(v)) for m, v in received.items()},
+        image_bytes=len(PreparedImages(None, distinct=1).pngs[0]),
+        images=images,
+        workers=workers,
+        repeats=repeats,
+    )
+
+
 def bf16_peak_flops(device_name: str) -> float | None:
     """The device's bf16 dense peak in FLOP/s, when known."""
     for name, tflops in BF16_PEAK_TFLOPS.items():

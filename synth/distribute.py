@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -26,10 +27,11 @@ import pyarrow as pa
 
 from synth.errors import GenerationError, OutputError, SynthError
 from synth.generate.render import RenderSettings, ShardRenderer
+from synth.layout import TEMP_PREFIX
 from synth.plan import Plan
 from synth.shards import ShardDestination, WrittenShard
 from synth.spec import Compute
-from synth.storage import TEMP_PREFIX, Location
+from synth.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,15 @@ class ShardResult:
     rejected: pa.Table | None = None  # ... and, with curation, the renders the gate rejected
     dropped: tuple[str, ...] = ()  # with curation: samples dropped once every attempt failed
 
+    @property
+    def payload_bytes(self) -> int:
+        """What this result weighs in transit: its tables when the driver writes, else the
+        small record (pickled)."""
+        tables = [t for t in (self.table, self.rejected) if t is not None]
+        if tables:
+            return sum(t.nbytes for t in tables)
+        return len(pickle.dumps(self))
+
     def write(self, destination: ShardDestination) -> ShardResult:
         """The driver's write, for a result that came back with its tables."""
         if self.written is not None:
@@ -77,6 +88,7 @@ class DistributionReport:
     worker_deaths: int = 0
     write_mode: WriteMode = "worker"  # who wrote the shards
     fallback: str | None = None  # why output.write auto fell back to the driver
+    received_bytes: int = 0  # what the driver received from the workers, results only
 
 
 @dataclass(frozen=True)
@@ -178,9 +190,11 @@ def run_on_ray(
     on_shard_done: Callable[[ShardResult], None],
     on_progress: ProgressCallback,
     write: Literal["auto", "worker", "driver"] = "auto",
+    renderer: Callable[[RenderSettings], ShardRenderer] = ShardRenderer,
 ) -> DistributionReport:
     """Render shards on Ray actors, one per GPU (or `num_workers` CPU actors), and write them
     where `write` says: by the workers (auto: when every worker can), or by this process.
+    Each actor makes its renderer with `renderer(settings)` (the bench gives a stand-in).
     Starts a local Ray unless `compute.ray_address` names a cluster (or Ray is already up)."""
     probe = None
     if write != "driver":
@@ -191,7 +205,7 @@ def run_on_ray(
         with ray_session(compute):
             return _Scheduler(
                 plan, list(shards), settings, compute, destination, probe, write,
-                on_shard_done, on_progress,
+                on_shard_done, on_progress, renderer,
             ).run()  # fmt: skip
     finally:
         if probe is not None:
@@ -287,8 +301,10 @@ class _Scheduler:
         write: Literal["auto", "worker", "driver"],
         on_shard_done: Callable[[ShardResult], None],
         on_progress: ProgressCallback,
+        renderer: Callable[[RenderSettings], ShardRenderer],
     ) -> None:
         self.plan, self.settings, self.compute = plan, settings, compute
+        self.renderer = renderer
         self.destination, self.probe, self.write = destination, probe, write
         self.on_shard_done, self.on_progress = on_shard_done, on_progress
         self.queue: deque[int] = deque(shards)
@@ -353,7 +369,9 @@ class _Scheduler:
             self.start_worker()
 
     def start_worker(self) -> None:
-        actor = self.worker_class.remote(self.settings, self.progress, self.destination, self.probe)
+        actor = self.worker_class.remote(
+            self.renderer, self.settings, self.progress, self.destination, self.probe
+        )
         self.every_actor.append(actor)
         self.workers[actor] = _Worker(actor, actor.ready.remote(), time.monotonic())
 
@@ -440,6 +458,7 @@ class _Scheduler:
                 worker.shards.remove(shard)
             return
         worker.shards.remove(shard)
+        self.report.received_bytes += result.payload_bytes
         result = result.write(self.destination)  # the driver's write, if the worker did not
         self.progress.finish.remote(shard)
         self.on_shard_done(result)
@@ -472,12 +491,13 @@ class _ShardWorker:
 
     def __init__(
         self,
+        renderer: Callable[[RenderSettings], ShardRenderer],
         settings: RenderSettings,
         progress,
         destination: ShardDestination,
         probe: WriteProbe | None,
     ) -> None:
-        self.renderer = ShardRenderer(settings)
+        self.renderer = renderer(settings)
         self.progress = progress
         self.destination = destination
         self.probe = probe

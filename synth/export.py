@@ -23,14 +23,8 @@ import yaml
 from tqdm import tqdm
 
 from synth.errors import OutputError, SpecError
-from synth.shards import (
-    DATA_DIR,
-    DISCLOSURE,
-    IMAGE_TYPE,
-    REJECTED_DIR,
-    image_type,
-    shard_files,
-)
+from synth.layout import DATA_DIR, REJECTED_DIR
+from synth.shards import DISCLOSURE, IMAGE_TYPE, image_type, shard_files
 from synth.sources import RealImage
 from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec, load_spec

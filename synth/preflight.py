@@ -11,25 +11,13 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from synth.errors import ModelError, OutputError
+from synth.layout import JUDGE_FILES, is_run_entry
 from synth.plan import Plan
 from synth.prompt_tokens import fit_prompt, load_tokenizers
-from synth.shards import DATA_DIR, QC_DIR, REJECTED_DIR, UNTRAINED_DIR
 from synth.spec import JUDGE_CLASSIFIER, Spec, looks_like_a_path
-from synth.storage import TEMP_PREFIX, Location, location
+from synth.storage import Location, location
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-# A saved curation judge (synth/curate/judge.py): weights, record, real reference features.
-JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE = (
-    "judge.safetensors",
-    "judge.json",
-    "reference.safetensors",
-)
-JUDGE_FILES = (JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE)
-RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
-LOCK_FILE = ".synth.lock"
-EVAL_DIR = "eval"  # the evaluation's outputs; a later `synth run` of the same spec keeps them
-# What a synth run folder may hold, so a run that crashed before run.json existed can resume.
-RUN_ENTRIES = {*RUN_FILES, DATA_DIR, UNTRAINED_DIR, EVAL_DIR, LOCK_FILE, QC_DIR, REJECTED_DIR}
 
 
 def resolve_lora_file(path: Path) -> Path:
@@ -109,9 +97,6 @@ def check_model_reference(ref: str, key: str = "generator.model") -> None:
     """Cheap checks of a model reference before any worker starts: a local folder must be a
     diffusers folder; a hub id must be well formed and, when offline mode (HF_HUB_OFFLINE) is
     set, already in the hub cache."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     local = Path(ref)
     if looks_like_a_path(ref) or local.exists():
         if not local.exists():
@@ -130,6 +115,9 @@ def check_model_reference(ref: str, key: str = "generator.model") -> None:
                 "save the model with save_pretrained"
             )
         return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(ref)
     except HFValidationError:
@@ -179,9 +167,10 @@ def check_spec_files(spec: Spec, plan: Plan) -> None:
 def check_qc_inputs(spec: Spec) -> None:
     """Curation's judge needs real images split into train, val and test (every class in val
     and test); a judge named by path must be a whole saved judge."""
+    from synth.sources import list_real_images
     from synth.sources.splits import real_images_by_split
 
-    real_images_by_split(spec, needed_by="qc (its judge)")
+    real_images_by_split(spec, "qc (its judge)", list_real_images(spec))
     if spec.qc.judge != JUDGE_CLASSIFIER:
         check_judge_folder(Path(spec.qc.judge), f"qc.judge {spec.qc.judge}")
 
@@ -194,11 +183,6 @@ def check_judge_folder(folder: Path | Location, where: str) -> None:
             f"{where}: not a saved judge (no {', '.join(missing)}); give the qc/ folder of a "
             "run that trained one, or set qc.judge: classifier"
         )
-
-
-def is_run_entry(name: str) -> bool:
-    """A name synth writes in a run folder, or the temporary file of one that a crash left."""
-    return name in RUN_ENTRIES or name.removeprefix(TEMP_PREFIX) in RUN_ENTRIES
 
 
 def check_output_folder(out: Location) -> None:

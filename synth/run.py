@@ -31,21 +31,23 @@ from synth.generate.untrained import (
     untrained_settings,
     untrained_sha256,
 )
-from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name, size_problem
-from synth.preflight import (
+from synth.layout import (
+    DATA_DIR,
     EVAL_DIR,
     JUDGE_RECORD,
     LOCK_FILE,
+    QC_DIR,
+    REJECTED_DIR,
     RUN_FILES,
+    UNTRAINED_DIR,
+)
+from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name, size_problem
+from synth.preflight import (
     check_spec_files,
     file_sha256,
     resolve_lora_file,
 )
 from synth.shards import (
-    DATA_DIR,
-    QC_DIR,
-    REJECTED_DIR,
-    UNTRAINED_DIR,
     ShardDestination,
     dataset_card,
     dropped_ids,

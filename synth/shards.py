@@ -23,11 +23,6 @@ from PIL.PngImagePlugin import PngInfo
 from synth.plan import shard_file_name
 from synth.storage import Location, location
 
-DATA_DIR = "data"
-# The random-weight baseline's folder in a run: its model/ and its own data/ shards.
-UNTRAINED_DIR = "untrained"
-QC_DIR = "qc"  # the curation judge: weights, record and the real train features
-REJECTED_DIR = "rejected"  # renders the curation gate rejected, as shards, kept for audit
 # IPTC's digital source type for media a trained model made: the EU AI Act's disclosure
 # practice, carried by every synthetic PNG and stated in the dataset cards.
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -380,7 +375,7 @@ def dataset_card(
         "- config_name: default\n"
         "  data_files:\n"
         "  - split: train\n"
-        f"    path: {DATA_DIR}/train-*\n"
+        "    path: data/train-*\n"
         "dataset_info:\n"
         "  features:\n" + "\n".join(feature_lines) + "\n"
         "tags:\n- synthetic\n- synth\n"

@@ -125,18 +125,6 @@ class IUXraySource(StrictModel):
     """The NLMCXR DICOM metadata table (Open-i layout); default: the folder's, or
     torchxrayvision's copy."""
 
-    @model_validator(mode="after")
-    def _every_label_has_a_rule(self) -> IUXraySource:
-        from synth.sources.iu_text import DEFAULT_RULES
-
-        missing = [lb for lb in self.labels if lb not in self.rules and lb not in DEFAULT_RULES]
-        if missing:
-            raise ValueError(
-                f"source.rules has no rule for {missing}; give each one any_of/none_of/"
-                f"max_headings/exactly (defaults exist only for {list(DEFAULT_RULES)})"
-            )
-        return self
-
 
 PHANTOM_LABELS = ("normal", "opacity")
 

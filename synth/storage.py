@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synth.errors import OutputError
+from synth.layout import TEMP_PREFIX
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-TEMP_PREFIX = ".tmp-"
 
 
 @contextmanager

@@ -10,6 +10,7 @@ there is no estimate, never a guess.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -134,25 +135,37 @@ def estimate_cost(
     return estimates
 
 
-def unet_parameters(model: str) -> int | None:
-    """The parameter count of a diffusers model's UNet, from its unet/config.json alone (a
-    local folder, or the hub cache; never the network). None when the config is not here."""
-    from diffusers import UNet2DConditionModel
+def unet_parameters(model: str, checkpoint: str | None = None) -> int | None:
+    """The parameter count of a diffusers model's UNet (a local folder, or the hub cache;
+    never the network); None when neither its weights nor its config are here. Read from the
+    weights file's header when there is one (for a single-file `checkpoint`, its UNet's
+    tensors): shapes only, no torch. Else built from unet/config.json on torch's meta device."""
     from huggingface_hub import try_to_load_from_cache
 
-    config_file: str | Path | None = Path(model) / "unet" / "config.json"
-    if not Path(model).is_dir():
+    def local_or_cached(name: str) -> Path | None:
+        if Path(model).is_dir():
+            found = Path(model) / name
+            return found if found.is_file() else None
         try:
-            config_file = try_to_load_from_cache(model, "unet/config.json")
+            cached = try_to_load_from_cache(model, name)
         except ValueError:  # not a hub id either
             return None
-    if not isinstance(config_file, str | Path):
+        return Path(cached) if isinstance(cached, str) else None
+
+    if checkpoint is not None:
+        return _parameters_in_header(Path(checkpoint), prefix=UNET_CHECKPOINT_PREFIX)
+    weights = local_or_cached("unet/diffusion_pytorch_model.safetensors")
+    if weights is not None:
+        return _parameters_in_header(weights)
+    config_file = local_or_cached("unet/config.json")
+    if config_file is None:
         return None
     try:
-        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     import torch
+    from diffusers import UNet2DConditionModel
 
     # On the meta device the UNet has shapes but no memory: SDXL's 2.6 B parameters are free.
     with torch.device("meta"):
@@ -160,9 +173,26 @@ def unet_parameters(model: str) -> int | None:
     return sum(parameter.numel() for parameter in unet.parameters())
 
 
+UNET_CHECKPOINT_PREFIX = "model.diffusion_model."  # a single-file SDXL checkpoint's UNet
+
+
+def _parameters_in_header(weights: Path, prefix: str = "") -> int | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy") as handle:
+            names = [name for name in handle.keys() if name.startswith(prefix)]  # noqa: SIM118
+            shapes = [handle.get_slice(name).get_shape() for name in names]
+    except (SafetensorError, OSError):
+        return None
+    return sum(math.prod(shape) for shape in shapes) or None
+
+
 def workload_of(generator: Generator) -> Workload | None:
     """The workload a spec's generator settings make; None when the model's size is unknown."""
-    parameters = unet_parameters(generator.configs)
+    parameters = unet_parameters(
+        generator.configs, generator.model if generator.single_file else None
+    )
     if parameters is None:
         return None
     return Workload(

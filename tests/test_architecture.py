@@ -73,3 +73,52 @@ def test_the_report_writers_only_render():
         )
 
     assert _offending(_files("eval/report"), allowed) == []
+
+
+MODEL_LIBRARIES = ("torch", "diffusers", "transformers", "ray")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The model and cluster libraries a fresh interpreter has loaded after running `code`."""
+    import subprocess
+    import sys
+
+    probe = (
+        f"{code}\nimport sys\nprint(' '.join(m for m in {MODEL_LIBRARIES!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split("\n")[-2].split()
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "schema"])
+def test_the_commands_that_only_read_a_spec_import_no_torch(command):
+    arguments = [command] if command == "schema" else [command, "specs/quickstart.yaml"]
+    code = f"from synth.cli import main\nassert main({arguments!r}) in (0, None)"
+    assert _loaded_after(code) == [], f"synth {command} imports model or cluster libraries"
+
+
+@pytest.mark.parametrize(
+    ("module", "knows_not"),
+    [
+        ("synth.plan", "Ray or torch"),
+        ("synth.spec", "a model"),
+        ("synth.shards", "a model"),
+        ("synth.storage", "a model"),
+        ("synth.layout", "a model"),
+    ],
+)
+def test_the_early_stages_know_no_model_and_no_cluster(module, knows_not):
+    assert _loaded_after(f"import {module}") == [], f"{module} must know no {knows_not}"
+
+
+def test_the_spec_imports_no_source_adapter():
+    assert _offending([ROOT / "synth" / "spec.py"],
+                      lambda n: not n.startswith("synth.sources")) == []  # fmt: skip
+
+
+@pytest.mark.parametrize("module", ["shards", "storage", "layout"])
+def test_shards_and_storage_never_import_the_generator(module):
+    allowed = lambda n: not n.startswith(("synth.generate", "synth.distribute", "synth.run"))  # noqa: E731
+    assert _offending([ROOT / "synth" / f"{module}.py"], allowed) == []

@@ -60,3 +60,17 @@ def test_the_engine_runs_with_and_without_curation_on_a_phantom(small_model: Pat
         if qc:  # the thresholds admit every image: nothing regenerated
             assert all(rows.column("qc_passed").to_pylist())
             assert set(rows.column("attempt").to_pylist()) == {1}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_driver_cost_is_measured_for_both_write_modes_with_real_size_images():
+    from synth.bench import driver_cost
+
+    cost = driver_cost(images=16, shard_size=8, workers=1, repeats=1)
+    assert set(cost.cpu_ms_per_image) == {"driver", "worker"}
+    assert all(ms > 0 for ms in cost.cpu_ms_per_image.values())
+    assert 0.9e6 < cost.image_bytes < 1.2e6  # a 1024x1024 8-bit PNG of noise: about 1 MB
+    # The driver receives every image when it writes; small records when the workers do.
+    assert cost.received_bytes_per_image["driver"] > cost.image_bytes
+    assert cost.received_bytes_per_image["worker"] < 1_000

@@ -195,3 +195,13 @@ def test_missing_folder_and_metadata_table_name_the_fix(tmp_path: Path, openi_fo
         load_iu_dataset(tmp_path / "empty", DEFAULT_RULES)
     with pytest.raises(SourceError, match="no DICOM metadata table"):
         load_iu_dataset(openi_folder, DEFAULT_RULES, metadata_table=tmp_path / "none.csv")
+
+
+def test_a_label_without_a_rule_is_refused_naming_the_rule_keys(tmp_path):
+    from synth.errors import SourceError
+    from synth.sources.iu_xray import load_iu_source
+    from synth.spec import IUXraySource
+
+    source = IUXraySource(kind="iu_xray", path=tmp_path, labels=["opacity", "cardiomegaly"])
+    with pytest.raises(SourceError, match=r"source.rules has no rule for \['cardiomegaly'\]"):
+        load_iu_source(source)

@@ -29,14 +29,8 @@ from classifiers.features import InnerProductIndex, centred_unit
 from classifiers.models import build_classifier
 from classifiers.train import TrainSettings, device, extract_features, train_classifier
 from synth.errors import ModelError, OutputError
-from synth.preflight import (
-    JUDGE_RECORD,
-    JUDGE_REFERENCE,
-    JUDGE_WEIGHTS,
-    check_judge_folder,
-    file_sha256,
-)
-from synth.shards import QC_DIR
+from synth.layout import JUDGE_RECORD, JUDGE_REFERENCE, JUDGE_WEIGHTS, QC_DIR
+from synth.preflight import check_judge_folder, file_sha256
 from synth.spec import JUDGE_CLASSIFIER, EvalSpec, Spec
 from synth.storage import Location, location
 

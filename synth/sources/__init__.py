@@ -51,12 +51,22 @@ def read_real_images(spec: Spec) -> list[RealImage]:
     return []
 
 
+def list_real_images(spec: Spec) -> list[RealImage]:
+    """The real images' records, for counting and checks: a phantom's come from its settings,
+    undrawn (read_real_images draws it, for whatever reads the files)."""
+    if isinstance(spec.source, PhantomSource):
+        from synth.sources.phantom import phantom_images
+
+        return phantom_images(spec.source)
+    return read_real_images(spec)
+
+
 def real_counts(spec: Spec) -> RealCounts:
     """Count real images per label: the train split when the source has splits, else all."""
     source = spec.source
     if isinstance(source, CountsSource):
         return RealCounts(dict(source.counts), counted_from="counts", ignored_rows=0)
-    images = read_real_images(spec)
+    images = list_real_images(spec)
     has_splits = any(image.split is not None for image in images)
     considered = [image for image in images if not has_splits or image.split == TRAIN_SPLIT]
     per_class = {label: 0 for label in spec.labels}

@@ -11,7 +11,6 @@ Reports alone are enough to plan; images are only needed to prepare, train and e
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tarfile
 import xml.etree.ElementTree as ET
@@ -34,6 +33,7 @@ from synth.sources.iu_text import (
     task_label,
     term_matches,
 )
+from synth.sources.splits import assign_splits
 from synth.spec import IUXraySource
 
 FRONTAL, LATERAL, UNKNOWN = "frontal", "lateral", "unknown"
@@ -123,6 +123,12 @@ def load_iu_source(source: IUXraySource) -> IUSource:
     """An `iu_xray` spec source: the preprocessed dataset and its records as RealImages."""
     from synth.sources.iu_text import DEFAULT_RULES, LabelRule
 
+    missing = [lb for lb in source.labels if lb not in source.rules and lb not in DEFAULT_RULES]
+    if missing:  # the label rules are this adapter's knowledge, not the spec's
+        raise SourceError(
+            f"source.rules has no rule for {missing}; give each one any_of/none_of/"
+            f"max_headings/exactly (defaults exist only for {list(DEFAULT_RULES)})"
+        )
     rules = {
         label: LabelRule(
             any_of=tuple(rule.any_of),
@@ -246,27 +252,6 @@ def quality_problem(study: IUStudy) -> str | None:
                 return f"MeSH {bad}"
     match = QUALITY_PHRASES.search(f"{study.findings} {study.impression}")
     return f"text '{match.group(0).lower()}'" if match else None
-
-
-def assign_splits(
-    label_by_uid: Mapping[str, str], seed: int, val_fraction: float, test_fraction: float
-) -> dict[str, str]:
-    """Patient-level, label-stratified train/val/test. Each label's studies are ordered by a
-    seeded hash of their uid and cut by the fractions, so a study's split never depends on
-    file order, and adding studies moves few others."""
-    by_label: dict[str, list[str]] = {}
-    for uid, label in label_by_uid.items():
-        by_label.setdefault(label, []).append(uid)
-    splits = {}
-    for uids in by_label.values():
-        uids.sort(key=lambda uid: hashlib.sha256(f"{seed}:{uid}".encode()).hexdigest())
-        n_test = round(len(uids) * test_fraction)
-        n_val = round(len(uids) * val_fraction)
-        for position, uid in enumerate(uids):
-            splits[uid] = (
-                "test" if position < n_test else "val" if position < n_test + n_val else "train"
-            )
-    return splits
 
 
 # --- layouts ---------------------------------------------------------------------------------

@@ -14,16 +14,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from PIL import Image
 
 from synth.errors import SourceError
 from synth.sources import RealImage
-from synth.sources.iu_xray import assign_splits
+from synth.sources.splits import assign_splits
 from synth.spec import PHANTOM_LABELS, PhantomSource, sha256_of_json
 from synth.storage import atomic_folder, output_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NORMAL, OPACITY = PHANTOM_LABELS
 MANIFEST_NAME = "manifest.parquet"
@@ -181,20 +183,55 @@ def phantom_labels(source: PhantomSource) -> list[str]:
 
 def phantom_table(source: PhantomSource) -> pd.DataFrame:
     """The manifest: path, label, split, caption and the ground-truth parameters per image."""
+    import pandas as pd
+
+    return pd.DataFrame(phantom_rows(source))
+
+
+def phantom_images(source: PhantomSource) -> list[RealImage]:
+    """The phantom's images as real-image records, as read_phantom_images gives them, from
+    the settings alone: nothing is drawn or read, which is all counting and planning need."""
+    key = (phantom_digest(source), str(source.path))
+    if key not in _LISTED:
+        _LISTED.clear()  # one phantom at a time is all a command uses
+        _LISTED[key] = [
+            RealImage(path, source.path / path, label, split, caption_for(params))
+            for path, label, split, params in _phantom_samples(source)
+        ]
+    return list(_LISTED[key])
+
+
+_LISTED: dict[tuple[str, str], list[RealImage]] = {}
+
+
+def _phantom_samples(source: PhantomSource) -> list[tuple[str, str, str, PhantomParameters]]:
+    """(path, label, split, parameters) per image, in index order."""
     labels = phantom_labels(source)
     ids = [f"phantom-{index:06d}" for index in range(source.count)]
     splits = assign_splits(
         dict(zip(ids, labels, strict=True)), source.split.seed, source.split.val, source.split.test
     )
+    return [
+        (
+            f"images/{image_id}.png",
+            label,
+            splits[image_id],
+            phantom_parameters(source.seed, index, label, source.difficulty),
+        )
+        for index, (image_id, label) in enumerate(zip(ids, labels, strict=True))
+    ]
+
+
+def phantom_rows(source: PhantomSource) -> list[dict]:
+    """The manifest's rows (see phantom_table)."""
     rows = []
-    for index, (image_id, label) in enumerate(zip(ids, labels, strict=True)):
-        params = phantom_parameters(source.seed, index, label, source.difficulty)
+    for index, (path, label, split, params) in enumerate(_phantom_samples(source)):
         largest = max(params.opacities, key=lambda o: o.radius * o.contrast, default=None)
         rows.append(
             {
-                "path": f"images/{image_id}.png",
+                "path": path,
                 "label": label,
-                "split": splits[image_id],
+                "split": split,
                 "caption": caption_for(params),
                 "index": index,
                 "opacity_count": len(params.opacities),
@@ -207,7 +244,7 @@ def phantom_table(source: PhantomSource) -> pd.DataFrame:
                 "parameters": json.dumps(asdict(params)),
             }
         )
-    return pd.DataFrame(rows)
+    return rows
 
 
 def phantom_digest(source: PhantomSource) -> str:
@@ -230,6 +267,8 @@ def materialise_phantom(source: PhantomSource) -> Path:
             f"source.path {folder}: folder exists and is not a synth phantom; "
             "point source.path at a new or phantom-only folder"
         )
+    from PIL import Image  # drawing only: counting and planning never import it
+
     with atomic_folder(folder, ".drawing") as staging, output_errors(folder.parent):
         (staging / "images").mkdir()
         table = phantom_table(source)
@@ -270,6 +309,8 @@ def read_phantom_lesions(source: PhantomSource, image_ids: Sequence[str]) -> pd.
     """The ground truth of the given images (ids as read_phantom_images gives them), in their
     order: opacity_count, and the opacity_contrast and opacity_radius of the opacity with the
     largest radius x contrast (NaN on normal images)."""
+    import pandas as pd
+
     columns = ["path", "opacity_count", "opacity_contrast", "opacity_radius"]
     table = pd.read_parquet(materialise_phantom(source), columns=columns)
     # read_manifest makes each image's id from its path column.

@@ -3,6 +3,8 @@ the curation judge before generation, and the evaluation after it."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,10 +27,13 @@ class LabelledSplits:
     unreadable: int  # real images skipped because they could not be read
 
 
-def real_images_by_split(spec: Spec, needed_by: str = "evaluation") -> dict[str, list[RealImage]]:
-    """The source's real images of the spec's classes, by split, each split in id order;
-    every class must be in val and test."""
-    real = [image for image in read_real_images(spec) if image.label in spec.labels]
+def real_images_by_split(
+    spec: Spec, needed_by: str = "evaluation", images: list[RealImage] | None = None
+) -> dict[str, list[RealImage]]:
+    """The source's real images (or `images`) of the spec's classes, by split, each split in
+    id order; every class must be in val and test."""
+    listed = read_real_images(spec) if images is None else images
+    real = [image for image in listed if image.label in spec.labels]
     if not real:
         raise SourceError(
             f"{needed_by} needs real images: use a manifest or iu_xray source with image files "
@@ -90,3 +95,24 @@ def require_every_class(
                 f"the {split} split has no real image of {missing}{when}; "
                 "AUC needs every class there"
             )
+
+
+def assign_splits(
+    label_by_uid: Mapping[str, str], seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, str]:
+    """Patient-level, label-stratified train/val/test. Each label's studies are ordered by a
+    seeded hash of their uid and cut by the fractions, so a study's split never depends on
+    file order, and adding studies moves few others."""
+    by_label: dict[str, list[str]] = {}
+    for uid, label in label_by_uid.items():
+        by_label.setdefault(label, []).append(uid)
+    splits = {}
+    for uids in by_label.values():
+        uids.sort(key=lambda uid: hashlib.sha256(f"{seed}:{uid}".encode()).hexdigest())
+        n_test = round(len(uids) * test_fraction)
+        n_val = round(len(uids) * val_fraction)
+        for position, uid in enumerate(uids):
+            splits[uid] = (
+                "test" if position < n_test else "val" if position < n_test + n_val else "train"
+            )
+    return splits

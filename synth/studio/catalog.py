@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from synth.errors import OutputError, RequestError, SynthError
-from synth.shards import DATA_DIR, REJECTED_DIR, shard_files
+from synth.layout import DATA_DIR, REJECTED_DIR
+from synth.shards import shard_files
 from synth.sources import RealImage, read_real_images
 from synth.spec import ManifestSource, Spec, load_spec
 
