@@ -10,9 +10,9 @@ worker returns the shard's tables and the driver writes them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -43,6 +43,7 @@ _POLL_SECONDS = 0.5
 
 
 WriteMode = Literal["worker", "driver"]
+TABLES = ("table", "rejected")  # a ShardResult's image-carrying fields
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,14 @@ class ShardResult:
 
     @property
     def payload_bytes(self) -> int:
-        """What this result weighs in transit: its tables when the driver writes, else the
-        small record (pickled)."""
+        """What this result carries to the driver: its tables' bytes when the driver writes;
+        else the small record, measured as its JSON (Ray's serialisation of it is of that
+        order, a few hundred bytes)."""
         tables = [t for t in (self.table, self.rejected) if t is not None]
         if tables:
             return sum(t.nbytes for t in tables)
-        return len(pickle.dumps(self))
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in TABLES}
+        return len(json.dumps(record, default=lambda value: asdict(value)))
 
     def write(self, destination: ShardDestination) -> ShardResult:
         """The driver's write, for a result that came back with its tables."""
