@@ -150,7 +150,10 @@ def _train(
         for repeat in range(spec.eval.repeats)
         for arm in arms
     ]
-    outcomes = train_arms(jobs, data.val, data.test, len(data.classes), show_progress)
+    outcomes = train_arms(
+        jobs, data.val, data.test, len(data.classes),
+        compute=spec.compute, gpus_per_task=spec.eval.gpus_per_task, show_progress=show_progress,
+    )  # fmt: skip
     scores = {
         arm.name: ArmScores(
             test=tuple(o.test_scores for o in outcomes if o.arm_name == arm.name),

@@ -13,18 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import pyarrow as pa
 
+from synth.cluster import ray_session, task_error
 from synth.errors import GenerationError, OutputError, SynthError
 from synth.generate.render import RenderSettings, ShardRenderer
 from synth.layout import TEMP_PREFIX
@@ -170,20 +168,6 @@ def run_in_process(
     return DistributionReport(workers=[f"in-process {renderer.device_name}"] if shards else [])
 
 
-@contextmanager
-def ray_session(compute: Compute) -> Iterator[None]:
-    """Ray up for the block, so several run_on_ray calls share one start (seconds each on a
-    small machine); shut down at the end only if this started it."""
-    import ray
-
-    started_ray = _connect(compute)
-    try:
-        yield
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-
 def run_on_ray(
     plan: Plan,
     shards: Sequence[int],
@@ -213,52 +197,6 @@ def run_on_ray(
     finally:
         if probe is not None:
             probe.location.remove()
-
-
-class _TokenAuthNotice(logging.Filter):
-    """Ray's notice, on every start, that token authentication is on (its default, and the
-    safe setting) is not the user's business; its warning that authentication is off is."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled")
-
-
-_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-def _connect(compute: Compute) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    auth_logger = logging.getLogger(_RAY_AUTH_LOGGER)
-    if not any(isinstance(f, _TokenAuthNotice) for f in auth_logger.filters):
-        auth_logger.addFilter(_TokenAuthNotice())
-    options: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if compute.ray_address:
-        import synth
-
-        # Ship this package to the cluster's workers, so they run the driver's exact code.
-        options["runtime_env"] = {"py_modules": [os.path.dirname(synth.__file__)]}
-    # ray.init replaces SIGTERM's handler with a plain exit; synth's own (a clean stop, as
-    # for Ctrl-C) is put back.
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
-    try:
-        # No address means a Ray of this run's own ("local"): never a cluster that `ray start`
-        # or RAY_ADDRESS happens to leave on the machine, which Ray would otherwise join.
-        ray.init(address=compute.ray_address or "local", **options)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        if compute.ray_address is None:
-            raise SynthError(f"cannot start a local Ray ({err})") from None
-        raise SynthError(
-            f"compute.ray_address {compute.ray_address!r}: cannot join the Ray cluster ({err}); "
-            "check the address, or set it to null for a local Ray"
-        ) from None
-    finally:
-        if on_main_thread and sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
-    return True
 
 
 def worker_count(compute: Compute, cluster_gpus: float) -> int:
@@ -444,12 +382,7 @@ class _Scheduler:
         try:
             result: ShardResult = ray.get(ref)
         except RayTaskError as err:
-            cause = err.cause
-            if isinstance(cause, SynthError):
-                raise cause from None
-            raise GenerationError(
-                f"shard {shard}: generation failed ({type(cause).__name__}: {cause})"
-            ) from None
+            raise task_error(err.cause, f"shard {shard}: generation", GenerationError) from None
         except RayActorError as err:
             self.on_death(worker, shard, err)
             return

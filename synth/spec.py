@@ -383,6 +383,9 @@ class EvalSpec(StrictModel):
     """Weight the loss by inverse class frequency."""
     repeats: Annotated[int, Field(ge=1, le=100)] = 3
     """Trainings per arm, with different seeds."""
+    gpus_per_task: Annotated[float, Field(gt=0)] = 1
+    """GPUs each training holds where Ray has GPUs (fractions share a GPU); on CPUs every
+    training gets a share of the cores instead."""
     synthetic_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
         default=[0.25, 0.5, 1.0], min_length=1
     )

@@ -1,11 +1,13 @@
 """Ray beyond one embedded process: a real two-node cluster on loopback that loses a node
-mid-run, and a cluster with no room for a worker."""
+mid-run, a cluster with no room for a worker, and the evaluation's trainings spread over both
+nodes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import pickle
 import secrets
 import shutil
 import signal
@@ -25,6 +27,7 @@ from synth.errors import SynthError
 from synth.run import run_spec
 from synth.spec import load_spec
 from tests.conftest import base_spec, write_spec
+from tests.test_train_arms import assert_same_predictions, small_jobs, train_here
 
 RAY = Path(sys.executable).parent / "ray"
 SYNTH = Path(sys.executable).parent / "synth"
@@ -171,3 +174,41 @@ def test_a_cluster_with_no_room_for_a_worker_stops_with_an_error_instead_of_hang
     assert not list((tmp_path / "out" / "data").glob("*.parquet"))
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["invocations"][-1]["status"] == "failed"
+
+
+# The driver runs in a process of its own, as in the test above: it needs the cluster's token
+# in its environment before Ray is imported, and an earlier test may have imported Ray here.
+_TRAIN_ON_THE_CLUSTER = """
+import pickle, sys
+from eval.train_arms import train_arms
+from synth.spec import Compute
+from tests.test_train_arms import TEST, VAL, small_jobs
+
+outcomes = train_arms(
+    small_jobs(repeats=3), VAL, TEST, 2, compute=Compute(ray_address=sys.argv[1]),
+    show_progress=False,
+)
+with open(sys.argv[2], "wb") as out:
+    pickle.dump(outcomes, out)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_evaluation_trains_on_both_nodes_of_a_cluster_and_predicts_as_it_would_here(
+    tmp_path: Path,
+):
+    saved = tmp_path / "outcomes.pickle"
+    with _loopback_cluster() as (address, env, _):
+        driver = subprocess.run(
+            [sys.executable, "-c", _TRAIN_ON_THE_CLUSTER, address, str(saved)],
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert driver.returncode == 0, driver.stderr[-2000:]
+    outcomes = pickle.loads(saved.read_bytes())
+    assert len({o.node for o in outcomes}) == 2  # one CPU a node: both nodes trained
+    assert_same_predictions(outcomes, train_here(small_jobs(repeats=3)))
