@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from synth.bench import (
+from synth.generate.pipeline import DTYPES
+from synth.throughput import Workload, record_measurement, unet_parameters
+from synth.tools.bench import (
     BenchSettings,
     bare_loop,
     bf16_peak_flops,
@@ -33,14 +35,12 @@ from synth.bench import (
     profile_summary,
     resume_check_at_scale,
 )
-from synth.generate.pipeline import DTYPES
-from synth.generate.sdxl_architecture import (
+from synth.tools.sdxl_architecture import (
     build_sdxl_pipeline,
     count_image_flops,
     save_sdxl_pipeline,
 )
-from synth.generate.small_sdxl import build_small_sdxl
-from synth.throughput import Workload, record_measurement, unet_parameters
+from synth.tools.small_sdxl import build_small_sdxl
 
 MODES = {
     # device: (images, batch size, side, steps, dtype, shard size)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from synth.generate.pretrain_small import PretrainSettings, pretrain_small_sdxl
-from synth.generate.small_sdxl import SmallSDXLSize
 from synth.sources.phantom import materialise_phantom
 from synth.spec import PhantomSource, load_spec, load_training_config
+from synth.tools.pretrain_small import PretrainSettings, pretrain_small_sdxl
+from synth.tools.small_sdxl import SmallSDXLSize
 from synth.train_lora import train_lora
 
 ROOT = Path(__file__).resolve().parent.parent

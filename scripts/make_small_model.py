@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from synth.generate.small_sdxl import build_small_sdxl, save_random_lora
+from synth.tools.small_sdxl import build_small_sdxl, save_random_lora
 
 
 def main() -> None:

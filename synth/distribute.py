@@ -45,6 +45,22 @@ TABLES = ("table", "rejected")  # a ShardResult's image-carrying fields
 
 
 @dataclass(frozen=True)
+class WorkerIdentity:
+    """Which worker made a shard: its process, its machine and its device (with precision)."""
+
+    pid: int
+    host: str
+    device: str
+
+    @classmethod
+    def here(cls, device: str) -> WorkerIdentity:
+        return cls(os.getpid(), os.uname().nodename, device)
+
+    def __str__(self) -> str:
+        return f"{self.pid}@{self.host} {self.device}"
+
+
+@dataclass(frozen=True)
 class ShardResult:
     """A finished shard, as its worker reports it: written (`written`), or, when the driver
     writes, its tables."""
@@ -52,8 +68,7 @@ class ShardResult:
     shard: int
     rows: int
     render_seconds: float
-    worker: str  # which worker made it (pid@host)
-    device: str
+    worker: WorkerIdentity
     model_load_seconds: float | None  # set on the first shard a worker renders
     written: WrittenShard | None = None  # the worker wrote it
     table: pa.Table | None = None  # the driver writes it: the rows
@@ -85,7 +100,7 @@ ProgressCallback = Callable[[int], None]  # told how many images are finished so
 
 @dataclass
 class DistributionReport:
-    workers: list[str]  # "pid@host device" for each worker that finished a shard
+    workers: list[WorkerIdentity]  # each worker that finished a shard
     worker_deaths: int = 0
     write_mode: WriteMode = "worker"  # who wrote the shards
     fallback: str | None = None  # why output.write auto fell back to the driver
@@ -138,8 +153,7 @@ def render_shard(
         rejected=rendered.rejected,
         dropped=rendered.dropped,
         render_seconds=render_seconds,
-        worker=f"{os.getpid()}@{os.uname().nodename}",
-        device=renderer.device_name,
+        worker=WorkerIdentity.here(renderer.device_name),
         model_load_seconds=renderer.model_load_seconds if first_use else None,
     )
     return result.write(destination) if destination is not None else result
@@ -165,7 +179,7 @@ def run_in_process(
 
     for shard in shards:
         on_shard_done(render_shard(renderer, plan, shard, count, destination))
-    return DistributionReport(workers=[f"in-process {renderer.device_name}"] if shards else [])
+    return DistributionReport(workers=[WorkerIdentity.here(renderer.device_name)] if shards else [])
 
 
 def run_on_ray(
@@ -400,7 +414,7 @@ class _Scheduler:
         self.on_shard_done(result)
         self.finished_images += result.rows
         if result.model_load_seconds is not None:
-            self.report.workers.append(f"{result.worker} {result.device}")
+            self.report.workers.append(result.worker)
 
     def on_death(self, worker: _Worker, shard: int, err: Exception) -> None:
         self.queue.appendleft(shard)

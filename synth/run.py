@@ -22,7 +22,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from synth.curate.summary import ClassCuration, curation_by_class, similarity_warning
-from synth.distribute import ShardResult, ray_session, run_in_process, run_on_ray
+from synth.distribute import (
+    ShardResult,
+    WorkerIdentity,
+    ray_session,
+    run_in_process,
+    run_on_ray,
+)
 from synth.errors import OutputError, PlanError, SynthError, Terminated
 from synth.generate.render import RenderSettings
 from synth.generate.untrained import (
@@ -86,7 +92,7 @@ class RunSummary:
     seconds: float
     images_per_second: float | None
     startup_seconds: float | None  # from the start of the command to the first finished shard
-    workers: list[str] = field(default_factory=list)
+    workers: list[WorkerIdentity] = field(default_factory=list)
     curation: dict[str, ClassCuration] | None = None  # with qc on: what the gate did, per class
 
 
@@ -313,7 +319,8 @@ def _generate(
         invocation["steady_images_per_second"] = round(steady, 4)
         invocation["teardown_seconds"] = round(finished - first_shard["last_at"], 3)
         if not spec.qc.enabled:  # regenerated renders would understate the engine's speed
-            _keep_throughput(spec, steady, report.workers, summary.startup_seconds, out)
+            devices = [worker.device for worker in report.workers]
+            _keep_throughput(spec, steady, devices, summary.startup_seconds, out)
     invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
     invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
@@ -490,10 +497,9 @@ def untrained_model_folder(out: Location, identity: str) -> Path:
 
 
 def _keep_throughput(
-    spec: Spec, steady: float, workers: list[str], startup: float | None, out: Location
+    spec: Spec, steady: float, devices: list[str], startup: float | None, out: Location
 ) -> None:
     """For `synth plan`'s cost estimates. A finished run never fails for want of this."""
-    devices = [worker.split(" ", 1)[1] for worker in workers]
     try:
         record_run(spec.generator, steady, devices, startup, f"run {out}")
     except SynthError as err:
@@ -654,8 +660,8 @@ def _finish(
         shards_written=summary.shards_written,
         shard_seconds=shard_seconds or {},
         model_load_seconds=model_loads or [],
-        workers=summary.workers,
-        devices=sorted({worker.split(" ", 1)[1] for worker in summary.workers}),
+        workers=[str(worker) for worker in summary.workers],
+        devices=sorted({worker.device for worker in summary.workers}),
     )
     run_record["status"] = invocation["status"]
     (out / "run.json").write_bytes(json.dumps(run_record, indent=2))

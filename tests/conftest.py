@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synth.generate.small_sdxl import build_small_sdxl, save_random_lora
 from synth.throughput import THROUGHPUT_FILE_ENV
+from synth.tools.small_sdxl import build_small_sdxl, save_random_lora
 
 
 @pytest.fixture(autouse=True)

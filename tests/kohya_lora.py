@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from synth.generate.small_sdxl import LORA_TARGET_MODULES
+from synth.tools.small_sdxl import LORA_TARGET_MODULES
 
 TEXT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 

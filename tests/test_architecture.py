@@ -122,3 +122,11 @@ def test_the_spec_imports_no_source_adapter():
 def test_shards_and_storage_never_import_the_generator(module):
     allowed = lambda n: not n.startswith(("synth.generate", "synth.distribute", "synth.run"))  # noqa: E731
     assert _offending([ROOT / "synth" / f"{module}.py"], allowed) == []
+
+
+def test_the_tools_stay_out_of_the_render_path():
+    """The small-model builder, the SDXL architecture builder, pretraining and the bench are for
+    tests, benchmarks and the quickstart's model: nothing that runs a job imports them."""
+    engine = [path for path in _files("synth") if "tools" not in path.parts]
+    assert _offending([*engine, *_files("eval"), *_files("classifiers")],
+                      lambda n: not n.startswith("synth.tools")) == []  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth.bench import (
+from synth.tools.bench import (
     BenchSettings,
     bare_loop,
     bf16_peak_flops,
@@ -46,7 +46,7 @@ def test_mfu_uses_the_listed_bf16_peaks():
 def test_the_engine_runs_with_and_without_curation_on_a_phantom(small_model: Path, tmp_path):
     import pyarrow.parquet as pq
 
-    from synth.bench import engine_run
+    from synth.tools.bench import engine_run
 
     settings = BenchSettings(
         device="cpu", model=small_model, images=16, batch_size=4, height=32, width=32, steps=2,
@@ -65,7 +65,7 @@ def test_the_engine_runs_with_and_without_curation_on_a_phantom(small_model: Pat
 @pytest.mark.slow
 @pytest.mark.ray
 def test_the_driver_cost_is_measured_for_both_write_modes_with_real_size_images():
-    from synth.bench import driver_cost
+    from synth.tools.bench import driver_cost
 
     cost = driver_cost(images=16, shard_size=8, workers=1, repeats=1)
     assert set(cost.cpu_ms_per_image) == {"driver", "worker"}

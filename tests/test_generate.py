@@ -11,9 +11,9 @@ import torch
 from synth.errors import GenerationError, ModelError
 from synth.generate.pipeline import SampleGenerator, is_bad_image
 from synth.generate.render import RenderSettings, ShardRenderer
-from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl, save_random_lora
 from synth.plan import ClassPlan, Plan, retry_seed
 from synth.spec import ClassSpec, FastPath, Generator, Lora
+from synth.tools.small_sdxl import SmallSDXLSize, build_small_sdxl, save_random_lora
 
 pytestmark = pytest.mark.slow
 PROMPT = "Chest x-ray. Lung opacity. Opacity lung base right."

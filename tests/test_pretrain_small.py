@@ -15,11 +15,11 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from synth.errors import SourceError
-from synth.generate import pretrain_small
-from synth.generate.pretrain_small import PretrainSettings, pretrain_small_sdxl
-from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl
 from synth.sources.phantom import materialise_phantom
 from synth.spec import PhantomSource
+from synth.tools import pretrain_small
+from synth.tools.pretrain_small import PretrainSettings, pretrain_small_sdxl
+from synth.tools.small_sdxl import SmallSDXLSize, build_small_sdxl
 from synth.versions import library_versions
 
 # About the smallest model that keeps SDXL's shape: two VAE levels (latents at half size) and

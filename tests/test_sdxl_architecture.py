@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synth.generate.sdxl_architecture import build_sdxl_pipeline, count_image_flops
+from synth.tools.sdxl_architecture import build_sdxl_pipeline, count_image_flops
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import pytest
 from safetensors import safe_open
 
 from synth.errors import ModelError, SpecError
-from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl
 from synth.plan import PlannedSample
 from synth.preflight import check_checkpoint_file
 from synth.run import run_spec
 from synth.spec import ClassSpec, Generator, load_spec
 from synth.studio.snippet import reproduce_snippet
+from synth.tools.small_sdxl import SmallSDXLSize, build_small_sdxl
 from tests.conftest import base_spec, write_spec
 from tests.ldm_checkpoint import save_single_file
 

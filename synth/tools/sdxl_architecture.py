@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from synth.generate.pipeline import quiet_libraries
-from synth.generate.small_sdxl import CLIP_MAX_TOKENS, sdxl_scheduler, small_clip_tokenizer
+from synth.tools.small_sdxl import CLIP_MAX_TOKENS, sdxl_scheduler, small_clip_tokenizer
 
 # unet/config.json of stabilityai/stable-diffusion-xl-base-1.0 (defaults left out).
 SDXL_UNET_CONFIG = {

@@ -28,11 +28,11 @@ from tqdm import tqdm
 from classifiers.data import load_gray
 from synth.errors import SourceError
 from synth.generate.pipeline import quiet_libraries
-from synth.generate.small_sdxl import SmallSDXLSize, build_small_sdxl
 from synth.sources import TRAIN_SPLIT
 from synth.sources.manifest import read_manifest
 from synth.spec import sha256_of_json
 from synth.storage import write_text_atomic
+from synth.tools.small_sdxl import SmallSDXLSize, build_small_sdxl
 from synth.versions import library_versions
 
 

@@ -5,7 +5,7 @@ Everything is measured here, in one process and one invocation, on the same mode
 settings and sample count: the bare loop is `StableDiffusionXLPipeline` called batch after
 batch with one torch.Generator per sample; the engine is `synth run` through Ray, shards
 written. CPU mode uses the small SDXL-architecture model; GPU mode the full-size SDXL
-architecture with random weights (synth.generate.sdxl_architecture).
+architecture with random weights (synth.tools.sdxl_architecture).
 """
 
 from __future__ import annotations
