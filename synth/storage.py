@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from synth.errors import OutputError
+from synth.errors import OutputError, SynthError
 from synth.layout import TEMP_PREFIX
 
 if TYPE_CHECKING:
@@ -110,10 +110,14 @@ def _client_errors() -> Iterator[None]:
     missing key's FileNotFoundError, pass as they are."""
     try:
         yield
-    except OSError:
+    except (OSError, SynthError):
         raise
     except Exception as err:
         raise OSError(f"{type(err).__name__}: {err}") from err
+
+
+# pip packages that give fsspec its common object stores (s3fs comes with synth).
+FILESYSTEM_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs", "az": "adlfs"}
 
 
 def is_url(ref: str | Path) -> bool:
@@ -166,7 +170,15 @@ class Location:
     def _fs_and_key(self):
         import fsspec
 
-        return fsspec.core.url_to_fs(self.url)
+        try:
+            return fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as err:  # no filesystem for the scheme, or a bad URL
+            scheme = self.url.split("://", 1)[0]
+            raise OutputError(
+                f"{self.url}: cannot open a {scheme}:// URL here ({err}); install its "
+                f"filesystem package ({FILESYSTEM_PACKAGES.get(scheme, 'see fsspec')}) "
+                "or use a local folder"
+            ) from None
 
     @property
     def fs(self):

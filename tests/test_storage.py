@@ -109,3 +109,15 @@ def test_an_object_store_lock_whose_driver_is_gone_is_taken_over(bucket):
         exclusive_lock(lock, "busy"),
     ):
         pass
+
+
+def test_a_url_whose_filesystem_is_not_installed_is_one_clear_error():
+    with pytest.raises(
+        OutputError, match=r"nosuchscheme://b/run: cannot open a nosuchscheme:// URL"
+    ):
+        location("nosuchscheme://b/run").exists()
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(OutputError, match=r"install its filesystem package \(gcsfs\)"):
+            (location("gs://b/run") / "x").write_bytes(b"x")
