@@ -12,7 +12,8 @@ from classifiers.data import LabelledImage
 from eval.arms import LeakageError, image_identities
 from synth.curate.judge import JudgeRecord
 from synth.errors import SourceError, SynthError
-from synth.layout import DATA_DIR, JUDGE_RECORD, QC_DIR, REJECTED_DIR, UNTRAINED_DIR
+from synth.layout import DATA_DIR, JUDGE_RECORD, QC_DIR, REJECTED_DIR, RUN_RECORD, UNTRAINED_DIR
+from synth.run_record import RunCuration, RunRecord
 from synth.shards import shard_files
 from synth.sources.splits import labelled_splits, real_images_by_split
 from synth.spec import Spec
@@ -41,7 +42,7 @@ class CurationData:
     rejected: list[LabelledImage]  # every rejected render
     rejected_rows: list[dict]  # their label, attempt, qc_* columns and qc_reason
     uncurated: list[LabelledImage]  # each planned sample's first render, accepted or not
-    record: dict  # run.json's qc section: the judge and the per-class figures
+    record: RunCuration  # run.json's qc section: the judge and the per-class figures
     judge_images: list[str]  # identities of the images that trained or early-stopped the judge
 
 
@@ -85,11 +86,13 @@ def _curation(
         for sample, (_, image) in sorted(first.items())
     ]
     try:
-        record = json.loads((run_dir / "run.json").read_text()).get("qc", {})
+        record = RunRecord.from_json((run_dir / RUN_RECORD).read_bytes()).qc
+        if record is None:
+            raise ValueError("it has no qc figures")
     except (OSError, ValueError) as err:
         raise SynthError(
-            f"{run_dir}: a curated run without a readable run.json ({err}); re-run `synth run` "
-            "to complete it"
+            f"{run_dir}: a curated run without a readable {RUN_RECORD} ({err}); re-run "
+            "`synth run` to complete it"
         ) from None
     return CurationData(
         kept_rows, rejected, rejected_rows, uncurated, record, judge_images(run_dir)

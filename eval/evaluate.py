@@ -309,13 +309,13 @@ def _curation_report(spec: Spec, data: EvalData, run_dir: Location) -> CurationR
     return CurationReport(
         min_label_score=spec.qc.min_label_score,
         max_real_similarity=spec.qc.max_real_similarity,
-        judge_val_auc=curation.record.get("judge", {}).get("val_auc"),
-        judge_train_seconds=curation.record.get("judge", {}).get("train_seconds"),
+        judge_val_auc=curation.record.judge.val_auc,
+        judge_train_seconds=curation.record.judge.train_seconds,
         held_out_similarity=judge.record.val_nearest_similarity,
         similarity_warning=similarity_warning(
             spec.qc.max_real_similarity, judge.record.val_nearest_similarity
         ),
-        per_class=curation.record.get("classes", {}),
+        per_class=curation.record.classes,
         accepted_label_scores=column(passed, "qc_label_score"),
         accepted_similarities=column(passed, "qc_real_similarity"),
         rejected_label_scores=column(failed, "qc_label_score"),

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from classifiers.data import LabelledImage
+from synth.curate.summary import ClassCuration
 
 # The JSON writer names a field by this metadata key when the Python name cannot be the
 # contract's (`class` is a keyword).
@@ -185,13 +186,13 @@ class CurationReport:
 
     min_label_score: float
     max_real_similarity: float
-    judge_val_auc: float | None
-    judge_train_seconds: float | None
+    judge_val_auc: float
+    judge_train_seconds: float
     # What real held-out (val) images score against the train split on the same similarity:
     # percentiles p50, p95, p99 and max.
     held_out_similarity: Mapping[str, float]
     similarity_warning: str | None  # when the bar rejects renders as close as real images come
-    per_class: Mapping[str, Mapping[str, object]]  # run.json's qc figures per class
+    per_class: Mapping[str, ClassCuration]  # run.json's qc figures per class
     accepted_label_scores: np.ndarray  # kept renders that passed
     accepted_similarities: np.ndarray
     rejected_label_scores: np.ndarray  # renders the gate rejected (and kept-best failures)

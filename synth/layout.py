@@ -15,7 +15,8 @@ REJECTED_DIR = "rejected"
 QC_DIR = "qc"
 UNTRAINED_DIR = "untrained"
 EVAL_DIR = "eval"  # a later `synth run` of the same spec keeps it
-RUN_FILES = ("spec.yaml", "plan.parquet", "run.json", "README.md")
+RUN_RECORD = "run.json"  # synth.run_record
+RUN_FILES = ("spec.yaml", "plan.parquet", RUN_RECORD, "README.md")
 LOCK_FILE = ".synth.lock"
 # A saved curation judge (synth/curate/judge.py): weights, record, real reference features.
 JUDGE_WEIGHTS, JUDGE_RECORD, JUDGE_REFERENCE = (

@@ -7,13 +7,12 @@ missing or unreadable. Every read and write of it goes through synth.storage.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from synth.layout import (
     QC_DIR,
     REJECTED_DIR,
     RUN_FILES,
+    RUN_RECORD,
     UNTRAINED_DIR,
 )
 from synth.plan import PLAN_COLUMNS, Plan, plan_for_spec, shard_file_name, size_problem
@@ -52,6 +52,13 @@ from synth.preflight import (
     check_spec_files,
     file_sha256,
     resolve_lora_file,
+)
+from synth.run_record import (
+    Invocation,
+    JudgeSummary,
+    RunCuration,
+    RunRecord,
+    RunRecordError,
 )
 from synth.shards import (
     ShardDestination,
@@ -92,8 +99,24 @@ class RunSummary:
     seconds: float
     images_per_second: float | None
     startup_seconds: float | None  # from the start of the command to the first finished shard
+    created_at: str = ""  # the run's (its first invocation's start)
     workers: list[WorkerIdentity] = field(default_factory=list)
     curation: dict[str, ClassCuration] | None = None  # with qc on: what the gate did, per class
+
+
+class _RunLog:
+    """run.json while an invocation goes on: the record, with this invocation last, and where
+    it is saved. Saved when the invocation starts and when it ends, however it ends."""
+
+    def __init__(self, out: Location, record: RunRecord) -> None:
+        self.path = out / RUN_RECORD
+        self.record = record
+
+    def update(self, **changes: object) -> None:
+        self.record = self.record.with_last(replace(self.record.last, **changes))
+
+    def save(self) -> None:
+        self.path.write_bytes(self.record.to_json())
 
 
 def run_spec(
@@ -141,8 +164,9 @@ def run_spec(
         if baseline:
             # Its images do not depend on the judge: identified by the settings alone.
             render_untrained_baseline(
-                spec, plan, settings_sha256, out, baseline_on_ray, show_progress
-            )
+                spec, plan, settings_sha256, out, summary.created_at, baseline_on_ray,
+                show_progress,
+            )  # fmt: skip
         return summary
 
 
@@ -158,39 +182,50 @@ def _run_locked(
     settings_sha256: str,
 ) -> RunSummary:
     previous = _previous_run(out, spec_sha256, overwrite)
-    created_at = previous.get("created_at") or datetime.now(UTC).isoformat(timespec="seconds")
-    invocation: dict = {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "status": "running",  # what a crashed or killed invocation is left saying
-    }
-    run_record = {
-        "spec_sha256": spec_sha256,
-        "settings_sha256": settings_sha256,  # the identity but the judge (equal without qc)
-        "name": spec.name,
-        "created_at": created_at,
-        "status": "running",
-        "classes": {c.label: c.synthetic for c in plan.classes},
-        "shards": plan.num_shards,
-        "versions": library_versions(),
-        "invocations": [*previous.get("invocations", []), invocation],
-    }
+    now = _now()
+    log = _RunLog(
+        out,
+        RunRecord(
+            spec_sha256=spec_sha256,
+            created_at=previous.created_at if previous else now,
+            name=spec.name,
+            settings_sha256=settings_sha256,
+            classes={c.label: c.synthetic for c in plan.classes},
+            shards=plan.num_shards,
+            versions=library_versions(),
+            invocations=(*(previous.invocations if previous else ()), Invocation(started_at=now)),
+        ),
+    )
     # Leftovers of writes a crash interrupted (plan.parquet, run.json, ...) go first.
     removed = out.remove_temporary_files()
-    (out / "run.json").write_bytes(json.dumps(run_record, indent=2))
-    summary = RunSummary(out, plan.total_synthetic, plan.num_shards, 0, 0, 0.0, None, None)
-    timings: dict[str, dict | list] = {"shard_seconds": {}, "model_loads": []}
+    log.save()
+    summary = RunSummary(out, plan.total_synthetic, plan.num_shards, 0, 0, 0.0, None, None,
+                         created_at=log.record.created_at)  # fmt: skip
+    timings = _Timings()
     try:
         return _generate(
-            spec, plan, spec_sha256, out, in_process, show_progress, started, run_record,
-            invocation, summary, timings, removed,
+            spec, plan, spec_sha256, out, in_process, show_progress, started, log, summary,
+            timings, removed,
         )  # fmt: skip
     except BaseException as err:
-        invocation.update(status="failed", error=_reason(err))
+        log.update(status="failed", error=_reason(err))
         try:
-            _finish(out, run_record, invocation, started, summary, **timings)
+            _finish(log, started, summary, timings)
         except SynthError as unrecorded:  # the disk that failed the run may refuse this too
             logger.warning("the failure could not be recorded in run.json: %s", unrecorded)
         raise
+
+
+@dataclass
+class _Timings:
+    """What the finished shards took, as they come in."""
+
+    shard_seconds: dict[str, float] = field(default_factory=dict)  # shard -> render seconds
+    model_loads: list[float] = field(default_factory=list)  # each worker's first shard's load
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _reason(err: BaseException) -> str:
@@ -209,20 +244,19 @@ def _generate(
     in_process: bool,
     show_progress: bool,
     started: float,
-    run_record: dict,
-    invocation: dict,
+    log: _RunLog,
     summary: RunSummary,
-    timings: dict,
+    timings: _Timings,
     removed: int,
 ) -> RunSummary:
     """Write the plan and the run's files, then render every missing shard."""
     spec_yaml = spec_to_yaml(spec)
     (out / "spec.yaml").write_bytes(spec_yaml)
-    if not (out / "plan.parquet").is_file() or len(run_record["invocations"]) == 1:
+    if not (out / "plan.parquet").is_file() or len(log.record.invocations) == 1:
         write_plan(plan, out / "plan.parquet")
     card = dataset_card(
         spec.name,
-        run_record["classes"],
+        log.record.classes,
         spec_yaml,
         curated=spec.qc.enabled,
         weighted=spec.generator.prompt_weighting != "none",
@@ -236,10 +270,10 @@ def _generate(
     reused = plan.num_shards - len(missing)
     summary.shards_reused = reused
     if not missing:
-        invocation.update(status="complete", note="nothing to do: every shard was already complete")
+        log.update(status="complete", note="nothing to do: every shard was already complete")
         if spec.qc.enabled:
-            _record_curation(spec, plan, out, run_record, summary, spec_yaml)
-        _finish(out, run_record, invocation, started, summary)
+            _record_curation(spec, plan, out, log, summary, spec_yaml)
+        _finish(log, started, summary)
         return summary
 
     images_to_render = sum(plan.shard_length(s) for s in missing)
@@ -247,13 +281,11 @@ def _generate(
         generator=spec.generator,
         classes=spec.classes,
         spec_sha256=spec_sha256,
-        created_at=run_record["created_at"],
+        created_at=log.record.created_at,
         image_format=spec.output.image_format,
         qc=spec.qc if spec.qc.enabled else None,
         judge_folder=out / QC_DIR if spec.qc.enabled else None,
     )
-    shard_seconds: dict[str, float] = timings["shard_seconds"]
-    model_loads: list[float] = timings["model_loads"]
     bar = tqdm(
         total=images_to_render,
         unit="img",
@@ -276,9 +308,9 @@ def _generate(
         first_shard.setdefault("at", time.perf_counter())
         first_shard.setdefault("images", result.rows)
         first_shard["last_at"] = time.perf_counter()
-        shard_seconds[str(result.shard)] = round(result.render_seconds, 3)
+        timings.shard_seconds[str(result.shard)] = round(result.render_seconds, 3)
         if result.model_load_seconds is not None:
-            model_loads.append(round(result.model_load_seconds, 3))
+            timings.model_loads.append(round(result.model_load_seconds, 3))
         if summary.startup_seconds is None:
             summary.startup_seconds = time.perf_counter() - started
         summary.shards_written += 1
@@ -288,7 +320,7 @@ def _generate(
 
     generation_started = time.perf_counter()
     driver_cpu = os.times()  # this process's own CPU time, not its children's
-    invocation.update(shards_reused=reused, temporary_files_removed=removed)
+    log.update(shards_reused=reused, temporary_files_removed=removed)
     try:
         if in_process:
             report = run_in_process(plan, missing, settings, destination, on_shard_done,
@@ -301,12 +333,11 @@ def _generate(
     finished = time.perf_counter()
     cpu = os.times()
     driver_cpu_seconds = cpu.user + cpu.system - driver_cpu.user - driver_cpu.system
-    invocation.update(
+    log.update(
         write_mode="in-process" if in_process else report.write_mode,
+        write_fallback=report.fallback,
         driver_cpu_ms_per_image=round(1000 * driver_cpu_seconds / images_to_render, 4),
     )
-    if report.fallback:
-        invocation["write_fallback"] = report.fallback
     _check_every_shard_is_there(plan, data_dir)
     generation_seconds = finished - generation_started
     summary.workers = report.workers
@@ -316,17 +347,22 @@ def _generate(
         steady = (images_to_render - first_shard["images"]) / (
             first_shard["last_at"] - first_shard["at"]
         )
-        invocation["steady_images_per_second"] = round(steady, 4)
-        invocation["teardown_seconds"] = round(finished - first_shard["last_at"], 3)
+        log.update(
+            steady_images_per_second=round(steady, 4),
+            teardown_seconds=round(finished - first_shard["last_at"], 3),
+        )
         if not spec.qc.enabled:  # regenerated renders would understate the engine's speed
             devices = [worker.device for worker in report.workers]
             _keep_throughput(spec, steady, devices, summary.startup_seconds, out)
-    invocation["worker_deaths"] = report.worker_deaths
     summary.images_per_second = images_to_render / generation_seconds
-    invocation.update(status="complete", images_per_second=round(summary.images_per_second, 4))
+    log.update(
+        status="complete",
+        worker_deaths=report.worker_deaths,
+        images_per_second=round(summary.images_per_second, 4),
+    )
     if spec.qc.enabled:
-        _record_curation(spec, plan, out, run_record, summary, spec_yaml)
-    _finish(out, run_record, invocation, started, summary, shard_seconds, model_loads)
+        _record_curation(spec, plan, out, log, summary, spec_yaml)
+    _finish(log, started, summary, timings)
     return summary
 
 
@@ -339,8 +375,8 @@ def _prepare_judge(
     from synth.curate.judge import prepare_judge
     from synth.sources.splits import labelled_splits
 
-    previous = _read_run_record(out / "run.json") or {}
-    previous_settings = previous.get("settings_sha256", previous.get("spec_sha256"))
+    previous = _read_run_record(out)
+    previous_settings = None if previous is None else previous.generation_settings
     if previous_settings not in (None, settings_sha256) and not overwrite:
         raise OutputError(
             f"{out}: holds a run of a different spec (generation settings, prompts, LoRA "
@@ -370,7 +406,7 @@ def _prepare_judge(
 
 
 def _record_curation(
-    spec: Spec, plan: Plan, out: Location, run_record: dict, summary: RunSummary, spec_yaml: str
+    spec: Spec, plan: Plan, out: Location, log: _RunLog, summary: RunSummary, spec_yaml: str
 ) -> None:
     """With qc on: what the gate did, from every shard in the folder, into run.json, the
     dataset card and the summary `synth run` prints."""
@@ -378,21 +414,19 @@ def _record_curation(
 
     curation = read_curation(plan, out)
     judge = load_judge(out / QC_DIR)
-    run_record["qc"] = {
-        "judge": {
-            "sha256": judge.sha256,
-            "val_auc": round(judge.record.val_auc, 6),
-            "train_seconds": judge.record.train_seconds,
-            "start": judge.record.start,
-            "train_images": len(judge.record.train_images),
-        },
-        "classes": {label: c.to_json() for label, c in curation.items()},
-    }
+    summary_of_judge = JudgeSummary(
+        sha256=judge.sha256,
+        val_auc=round(judge.record.val_auc, 6),
+        train_seconds=judge.record.train_seconds,
+        start=judge.record.start,
+        train_images=len(judge.record.train_images),
+    )
+    log.record = replace(log.record, qc=RunCuration(summary_of_judge, curation))
     dropped = {label: c.dropped for label, c in curation.items()}
     (out / "README.md").write_bytes(
         dataset_card(
             spec.name,
-            run_record["classes"],
+            log.record.classes,
             spec_yaml,
             curated=True,
             dropped=dropped,
@@ -442,6 +476,7 @@ def render_untrained_baseline(
     plan: Plan,
     spec_sha256: str,
     out: Location,
+    created_at: str,
     on_ray: bool = False,
     show_progress: bool = True,
 ) -> None:
@@ -459,7 +494,6 @@ def render_untrained_baseline(
     missing = missing_shards(baseline, data_dir, identity)
     if not missing:
         return
-    created_at = json.loads((out / "run.json").read_text())["created_at"]
     settings = untrained_settings(spec, untrained_model_folder(out, identity), spec_sha256,
                                   created_at)  # fmt: skip
     destination = ShardDestination(data_dir, baseline.num_shards, identity)
@@ -589,15 +623,14 @@ def _write_plan_to(plan: Plan, sink) -> None:
                 block = {name: [] for name in PLAN_COLUMNS}
 
 
-def _previous_run(out: Location, spec_sha256: str, overwrite: bool) -> dict:
-    """The previous run.json of this spec (empty if none); refuses a different spec's folder.
+def _previous_run(out: Location, spec_sha256: str, overwrite: bool) -> RunRecord | None:
+    """The previous run.json of this spec (None if none); refuses a different spec's folder.
     An unreadable run.json is judged by its shards' spec_sha256 instead, so a crash that
     damaged it never costs the finished shards."""
-    previous = _read_run_record(out / "run.json")
+    previous = _read_run_record(out)
     if previous is not None:
-        previous_sha = previous["spec_sha256"]
+        previous_sha = previous.spec_sha256
     else:
-        previous = {}
         digests = shard_spec_digests(out / DATA_DIR)
         previous_sha = digests.pop() if len(digests) == 1 else (None if not digests else "mixed")
     if previous_sha not in (None, spec_sha256):
@@ -607,31 +640,26 @@ def _previous_run(out: Location, spec_sha256: str, overwrite: bool) -> dict:
                 "files or plan changed); pass --overwrite to replace it, or --out a new folder"
             )
         _clear_run(out)
-        return {}
+        return None
     if overwrite:
         _clear_run(out)
-        return {}
+        return None
     return previous
 
 
-def _read_run_record(path: Location) -> dict | None:
+def _read_run_record(out: Location) -> RunRecord | None:
     """run.json as a previous run left it, or None when it is missing, unreadable or its
     fields have the wrong types (a crash or a hand edit): then the shards decide."""
+    path = out / RUN_RECORD
     try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        text = path.read_bytes()
+    except OSError:
         return None
-    well_formed = (
-        isinstance(record, dict)
-        and isinstance(record.get("spec_sha256"), str)
-        and isinstance(record.get("created_at", ""), str)
-        and isinstance(record.get("invocations", []), list)
-        and all(isinstance(i, dict) for i in record.get("invocations", []))
-    )
-    if not well_formed:
-        logger.warning("%s: unreadable fields; the run's identity is taken from its shards", path)
+    try:
+        return RunRecord.from_json(text)
+    except RunRecordError as err:
+        logger.warning("%s: %s; the run's identity is taken from its shards", path, err)
         return None
-    return record
 
 
 def _clear_run(out: Location) -> None:
@@ -644,24 +672,18 @@ def _clear_run(out: Location) -> None:
 
 
 def _finish(
-    out: Location,
-    run_record: dict,
-    invocation: dict,
-    started: float,
-    summary: RunSummary,
-    shard_seconds: dict[str, float] | None = None,
-    model_loads: list[float] | None = None,
+    log: _RunLog, started: float, summary: RunSummary, timings: _Timings | None = None
 ) -> None:
     summary.seconds = time.perf_counter() - started
-    invocation.update(
-        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    timings = timings or _Timings()
+    log.update(
+        finished_at=_now(),
         total_seconds=round(summary.seconds, 3),
         startup_seconds=round(summary.startup_seconds, 3) if summary.startup_seconds else None,
         shards_written=summary.shards_written,
-        shard_seconds=shard_seconds or {},
-        model_load_seconds=model_loads or [],
-        workers=[str(worker) for worker in summary.workers],
-        devices=sorted({worker.device for worker in summary.workers}),
+        shard_seconds=timings.shard_seconds,
+        model_load_seconds=tuple(timings.model_loads),
+        workers=tuple(str(worker) for worker in summary.workers),
+        devices=tuple(sorted({worker.device for worker in summary.workers})),
     )
-    run_record["status"] = invocation["status"]
-    (out / "run.json").write_bytes(json.dumps(run_record, indent=2))
+    log.save()

@@ -220,8 +220,9 @@ def test_an_unreadable_run_json_is_recovered_from_the_shards(spec_path: Path, tm
 
 @pytest.mark.parametrize(
     "damage",
-    [[1, 2], {"spec_sha256": 5}, {"spec_sha256": "x", "invocations": "oops"},
-     {"spec_sha256": "x", "invocations": [1]}, {"spec_sha256": "x", "created_at": 7}],
+    [[1, 2], {"spec_sha256": 5, "created_at": "t"}, {"spec_sha256": "x", "created_at": 7},
+     {"spec_sha256": "x", "created_at": "t", "invocations": "oops"},
+     {"spec_sha256": "x", "created_at": "t", "invocations": [1]}],
 )  # fmt: skip
 def test_a_run_json_with_fields_of_the_wrong_types_is_recovered_from_the_shards(
     spec_path: Path, tmp_path: Path, damage

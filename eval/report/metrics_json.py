@@ -66,7 +66,7 @@ def curation(result: EvalResult) -> dict | None:
         "judge_val_auc": c.judge_val_auc,
         "judge_train_seconds": c.judge_train_seconds,
         "held_out_similarity": as_json(c.held_out_similarity),
-        "classes": as_json(c.per_class),
+        "classes": {label: figures.to_json() for label, figures in c.per_class.items()},
         "accepted": len(c.accepted_label_scores),
         "rejected": len(c.rejected_label_scores),
         "near_duplicate_threshold": c.near_duplicate_threshold,

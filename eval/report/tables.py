@@ -88,14 +88,13 @@ def curation_table(result: EvalResult) -> Table:
               "dropped", "attempts of kept images", "rejections"]  # fmt: skip
     rows = []
     for label, figures in result.curation.per_class.items():
-        scored = figures["kept"] + figures["rejected_renders"]
-        rate = figures.get("acceptance_rate")
+        scored = figures.scored_renders
         rows.append([
-            label, figures["planned"], scored,
-            "—" if rate is None or scored == 0 else f"{rate:.0%}",
-            figures["kept"], figures["passed"], figures["dropped"],
-            ", ".join(f"{a}: {n}" for a, n in figures["attempts"].items()) or "—",
-            ", ".join(f"{k}: {n}" for k, n in figures["rejections"].items()) or "—",
+            label, figures.planned, scored,
+            "—" if scored == 0 else f"{figures.acceptance_rate:.0%}",
+            figures.kept, figures.passed, figures.dropped,
+            ", ".join(f"{a}: {n}" for a, n in figures.attempts.items()) or "—",
+            ", ".join(f"{k}: {n}" for k, n in figures.rejections.items()) or "—",
         ])  # fmt: skip
     return header, rows
 

@@ -8,7 +8,6 @@ Every file it serves is one of: a shard's image cell, a real image the source's 
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from synth.errors import OutputError, RequestError, SynthError
-from synth.layout import DATA_DIR, REJECTED_DIR
+from synth.layout import DATA_DIR, REJECTED_DIR, RUN_RECORD
+from synth.run_record import RunRecord
 from synth.shards import shard_files
 from synth.sources import RealImage, read_real_images
 from synth.spec import ManifestSource, Spec, load_spec
@@ -94,7 +94,7 @@ def open_runs(folders: list[Path]) -> list[StudioRun]:
 
 def _spec_sha256(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "run.json").read_text()).get("spec_sha256")
+        return RunRecord.from_json((folder / RUN_RECORD).read_bytes()).spec_sha256
     except (OSError, ValueError):
         return None
 

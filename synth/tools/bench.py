@@ -27,6 +27,8 @@ import yaml
 
 from synth.generate.pipeline import DTYPES, SCHEDULERS, apply_fast_path, quiet_libraries
 from synth.generate.render import CPU_THREADS_PER_WORKER
+from synth.layout import RUN_RECORD
+from synth.run_record import RunRecord
 from synth.spec import FastPath, load_spec
 from synth.storage import location
 
@@ -187,7 +189,6 @@ def engine_run(
     source is a small phantom (real images for a judge) and curation is on (True) or off
     (False); its thresholds admit every image, so no render is regenerated and the difference
     is the judge's scoring alone."""
-    import json
     import os
 
     from synth.generate.render import PROFILE_SHARD_ENV
@@ -238,12 +239,12 @@ def engine_run(
         summary = run_spec(load_spec(spec_file), in_process=in_process, show_progress=False)
     finally:
         os.environ.pop(PROFILE_SHARD_ENV, None)
-    invocation = json.loads((summary.out_dir / "run.json").read_text())["invocations"][-1]
+    invocation = RunRecord.from_json((summary.out_dir / RUN_RECORD).read_bytes()).last
     return EngineResult(
-        images_per_second=invocation["images_per_second"],
-        steady_images_per_second=invocation["steady_images_per_second"],
-        startup_seconds=invocation["startup_seconds"],
-        seconds=invocation["total_seconds"],
+        images_per_second=invocation.images_per_second,
+        steady_images_per_second=invocation.steady_images_per_second,
+        startup_seconds=invocation.startup_seconds,
+        seconds=invocation.total_seconds,
     )
 
 
