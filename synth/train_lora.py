@@ -24,7 +24,26 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params, compute_snr
+from diffusers.utils import (
+    convert_state_dict_to_diffusers,
+    convert_unet_state_dict_to_peft,
+    make_image_grid,
+)
+from peft import LoraConfig, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
 from PIL import Image
+from tqdm import tqdm
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from classifiers.data import load_gray
 from synth.errors import SourceError
@@ -100,47 +119,63 @@ def rows_sha256(rows: list[TrainingRow], manifest: Path) -> str:
 
 
 def train_lora(config: LoraTraining, show_progress: bool = True) -> TrainingSummary:
-    from accelerate import Accelerator
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params, compute_snr
-    from peft import LoraConfig
-    from tqdm import tqdm
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+    """Train, checkpointing as it goes and resuming from the newest checkpoint; then save the
+    adapter and its training record. The stages, in order: the frozen components, the cached
+    inputs, the LoRA and its optimizer, the train steps."""
     rows = training_rows(config)
     quiet_libraries()
-    output_dir = config.output_dir
-    with output_errors(output_dir):
-        output_dir.mkdir(parents=True, exist_ok=True)
+    with output_errors(config.output_dir):
+        config.output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
-    device = accelerator.device
-    if device.type == "cpu" and config.mixed_precision == "fp16":
+    if accelerator.device.type == "cpu" and config.mixed_precision == "fp16":
         raise SourceError("mixed_precision fp16 needs a GPU; use no or bf16 on CPU")
-    frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+    torch.manual_seed(config.seed)  # the LoRA's initial weights
+    components = load_components(config, accelerator.device)
+    inputs = cache_inputs(components, rows, config, accelerator.device)
+    lora = attach_lora(components, config, accelerator, len(rows))
+    start_step, losses = _resume(lora.model, lora.optimizer, lora.lr_scheduler, config.output_dir)
+    started = time.perf_counter()
+    train_steps(lora, components, inputs, config, start_step, losses, show_progress)
+    seconds = time.perf_counter() - started
+    lora_file = _save_lora(lora.model, config.output_dir)
+    steps_per_second = (lora.total_steps - start_step) / seconds if seconds > 0 else 0.0
+    _write_training_record(config, rows, lora, losses, start_step, steps_per_second)
+    return TrainingSummary(
+        config.output_dir, lora_file, lora.total_steps, start_step, losses, steps_per_second
+    )
+
+
+@dataclass(frozen=True)
+class Components:
+    """The frozen SDXL model on the training device: a pipeline over its parts (to encode the
+    captions and render validation images) and the noise scheduler training samples from."""
+
+    pipeline: StableDiffusionXLPipeline
+    noise_scheduler: DDPMScheduler
+    dtype: torch.dtype  # the frozen weights'
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        return self.pipeline.unet
+
+
+def load_components(config: LoraTraining, device: torch.device) -> Components:
+    """The model folder's tokenizers, text encoders, VAE and UNet, frozen, on `device`."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         config.mixed_precision, torch.float32
     )
-    torch.manual_seed(config.seed)
 
-    def component(cls, subfolder: str, dtype: torch.dtype = frozen_dtype):
-        return load_pretrained(cls, config.model, dtype, "model", subfolder=subfolder)
+    def component(cls, subfolder: str, component_dtype: torch.dtype = dtype):
+        return load_pretrained(cls, config.model, component_dtype, "model", subfolder=subfolder)
 
-    tokenizer = CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer")
-    tokenizer_2 = CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer_2")
     text_encoder = component(CLIPTextModel, "text_encoder")
     text_encoder_2 = component(CLIPTextModelWithProjection, "text_encoder_2")
     # The VAE runs in float32 unless it is the fp16-fix VAE: SDXL's own overflows in fp16.
     vae = (
-        load_pretrained(AutoencoderKL, config.vae, frozen_dtype, "vae")
+        load_pretrained(AutoencoderKL, config.vae, dtype, "vae")
         if config.vae
         else component(AutoencoderKL, "vae", torch.float32)
     )
@@ -153,155 +188,31 @@ def train_lora(config: LoraTraining, show_progress: bool = True) -> TrainingSumm
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
+        tokenizer=CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer_2"),
         unet=unet,
         scheduler=EulerDiscreteScheduler.from_config(noise_scheduler.config),
     )
     pipeline.set_progress_bar_config(disable=True)
-
-    latents, prompt_embeds, pooled_embeds = _cache_inputs(pipeline, rows, config, device)
-    validation_embeds = (
-        pipeline.encode_prompt(
-            config.validation.prompts, device=device, do_classifier_free_guidance=True
-        )
-        if config.validation
-        else None
-    )
-    for encoder in (text_encoder, text_encoder_2):
-        encoder.to("cpu")  # not needed on the GPU again: every caption is encoded
-
-    unet.add_adapter(
-        LoraConfig(
-            r=config.rank,
-            lora_alpha=config.alpha or config.rank,
-            init_lora_weights="gaussian",
-            target_modules=list(config.target_modules),
-        )
-    )
-    if config.mixed_precision != "no":
-        cast_training_params(unet, dtype=torch.float32)  # trainable LoRA weights stay fp32
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    lora_parameters = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(lora_parameters, lr=config.learning_rate)
-
-    micro_per_epoch = math.ceil(len(rows) / config.train_batch_size)
-    total_steps = config.max_steps or math.ceil(
-        config.epochs * micro_per_epoch / config.gradient_accumulation_steps
-    )
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=total_steps,
-    )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-
-    start_step, losses = _resume(
-        accelerator.unwrap_model(unet), optimizer, lr_scheduler, output_dir
-    )
-    time_ids = torch.tensor(
-        [[config.resolution, config.resolution, 0, 0, config.resolution, config.resolution]],
-        device=device,
-        dtype=frozen_dtype,
-    )
-    unet.train()
-    started = time.perf_counter()
-    bar = tqdm(
-        total=total_steps,
-        initial=start_step,
-        unit="step",
-        desc="train-lora",
-        disable=not show_progress,
-    )
-    for step in range(start_step, total_steps):
-        step_loss = 0.0
-        for micro in range(config.gradient_accumulation_steps):
-            k = step * config.gradient_accumulation_steps + micro
-            index = _batch_indices(k, len(rows), config.train_batch_size, config.seed)
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + k)
-            batch_latents = latents[index].to(device)
-            if config.random_flip:
-                flips = torch.rand(len(index), generator=generator) < 0.5
-                batch_latents[flips] = batch_latents[flips].flip(-1)
-            noise = torch.randn(batch_latents.shape, generator=generator).to(device)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator
-            ).to(device)
-            noisy = noise_scheduler.add_noise(batch_latents, noise, timesteps)
-            with accelerator.accumulate(unet):
-                prediction = unet(
-                    noisy.to(frozen_dtype),
-                    timesteps,
-                    encoder_hidden_states=prompt_embeds[index].to(device, frozen_dtype),
-                    added_cond_kwargs={
-                        "text_embeds": pooled_embeds[index].to(device, frozen_dtype),
-                        "time_ids": time_ids.repeat(len(index), 1),
-                    },
-                ).sample
-                target = (
-                    noise
-                    if noise_scheduler.config.prediction_type == "epsilon"
-                    else noise_scheduler.get_velocity(batch_latents, noise, timesteps)
-                )
-                loss = _diffusion_loss(
-                    prediction.float(),
-                    target.float(),
-                    timesteps,
-                    noise_scheduler,
-                    config,
-                    compute_snr,
-                )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(lora_parameters, config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            step_loss += loss.item() / config.gradient_accumulation_steps
-        losses.append(round(step_loss, 6))
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        if done % config.checkpoint_every == 0 or done == total_steps:
-            _save_checkpoint(
-                accelerator.unwrap_model(unet), optimizer, lr_scheduler, losses, output_dir, done
-            )
-        if config.validation and (done % config.validation.every == 0 or done == total_steps):
-            _render_validation(
-                pipeline, accelerator.unwrap_model(unet), validation_embeds, config, done
-            )
-            unet.train()
-    bar.close()
-    seconds = time.perf_counter() - started
-    lora_file = _save_lora(accelerator.unwrap_model(unet), output_dir)
-    steps_per_second = (total_steps - start_step) / seconds if seconds > 0 else 0.0
-    _write_training_record(config, rows, losses, start_step, total_steps, steps_per_second, device)
-    return TrainingSummary(output_dir, lora_file, total_steps, start_step, losses, steps_per_second)
+    return Components(pipeline, noise_scheduler, dtype)
 
 
-def _with_trigger(row: TrainingRow, label: str) -> TrainingRow:
-    """Captions of the trained class lead with its phrase ("Chest x-ray. Lung opacity.")."""
-    trigger = f"Chest x-ray. {LABEL_PHRASES.get(label, label.replace('_', ' ').capitalize())}."
-    if row.caption.startswith(trigger):
-        return row
-    rest = row.caption.removeprefix("Chest x-ray.").strip()
-    return TrainingRow(row.path, row.label, f"{trigger} {rest}".strip())
+@dataclass(frozen=True)
+class CachedInputs:
+    """Every row's VAE latents and both encoders' text embeddings, on the CPU, and the
+    validation prompts' embeddings (positive, negative, pooled, negative pooled)."""
+
+    latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+    pooled_embeds: torch.Tensor
+    validation_embeds: tuple[torch.Tensor, ...] | None
 
 
-def _batch_indices(k: int, n_rows: int, batch_size: int, seed: int) -> list[int]:
-    """Rows of micro-batch k: the next `batch_size` positions of its epoch's permutation."""
-    indices = []
-    for position in range(k * batch_size, (k + 1) * batch_size):
-        epoch, offset = divmod(position, n_rows)
-        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed + epoch))
-        indices.append(int(order[offset]))
-    return indices
-
-
-def _cache_inputs(pipeline, rows: list[TrainingRow], config: LoraTraining, device):
-    """VAE latents and both encoders' text embeddings for every row, computed once."""
+def cache_inputs(
+    components: Components, rows: list[TrainingRow], config: LoraTraining, device: torch.device
+) -> CachedInputs:
+    """Encode every image and caption once; the text encoders then leave the GPU."""
+    pipeline = components.pipeline
     latents, prompt_embeds, pooled = [], [], []
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     vae = pipeline.vae
@@ -327,14 +238,192 @@ def _cache_inputs(pipeline, rows: list[TrainingRow], config: LoraTraining, devic
             )
         prompt_embeds.append(embeds.cpu())
         pooled.append(pooled_embeds.cpu())
-    return torch.cat(latents), torch.cat(prompt_embeds), torch.cat(pooled)
+    validation_embeds = (
+        pipeline.encode_prompt(
+            config.validation.prompts, device=device, do_classifier_free_guidance=True
+        )
+        if config.validation
+        else None
+    )
+    for encoder in (pipeline.text_encoder, pipeline.text_encoder_2):
+        encoder.to("cpu")  # not needed on the GPU again: every caption is encoded
+    return CachedInputs(
+        torch.cat(latents), torch.cat(prompt_embeds), torch.cat(pooled), validation_embeds
+    )
+
+
+@dataclass(frozen=True)
+class TrainableLora:
+    """The trainable adapter in the UNet, prepared by accelerate with its optimizer and
+    learning-rate schedule."""
+
+    accelerator: Accelerator
+    unet: torch.nn.Module  # as accelerate wraps it
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    parameters: list[torch.nn.Parameter]
+    total_steps: int
+
+    @property
+    def model(self) -> UNet2DConditionModel:
+        """The UNet itself, for saving and loading the adapter's weights."""
+        return self.accelerator.unwrap_model(self.unet)
+
+
+def attach_lora(
+    components: Components, config: LoraTraining, accelerator: Accelerator, n_rows: int
+) -> TrainableLora:
+    """A fresh LoRA of the configured rank in the UNet's target modules, trainable in float32."""
+    unet = components.unet
+    unet.add_adapter(
+        LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha or config.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(config.target_modules),
+        )
+    )
+    if config.mixed_precision != "no":
+        cast_training_params(unet, dtype=torch.float32)  # trainable LoRA weights stay fp32
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    parameters = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    micro_per_epoch = math.ceil(n_rows / config.train_batch_size)
+    total_steps = config.max_steps or math.ceil(
+        config.epochs * micro_per_epoch / config.gradient_accumulation_steps
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=total_steps,
+    )
+    prepared, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    return TrainableLora(accelerator, prepared, optimizer, lr_scheduler, parameters, total_steps)
+
+
+def train_steps(
+    lora: TrainableLora,
+    components: Components,
+    inputs: CachedInputs,
+    config: LoraTraining,
+    start_step: int,
+    losses: list[float],
+    show_progress: bool,
+) -> None:
+    """Optimizer steps start_step + 1 .. total, appending each step's loss to `losses`;
+    a checkpoint and validation images at their intervals and after the last step."""
+    time_ids = torch.tensor(
+        [[config.resolution, config.resolution, 0, 0, config.resolution, config.resolution]],
+        device=lora.accelerator.device,
+        dtype=components.dtype,
+    )
+    lora.unet.train()
+    bar = tqdm(
+        total=lora.total_steps,
+        initial=start_step,
+        unit="step",
+        desc="train-lora",
+        disable=not show_progress,
+    )
+    for step in range(start_step, lora.total_steps):
+        step_loss = 0.0
+        for micro in range(config.gradient_accumulation_steps):
+            k = step * config.gradient_accumulation_steps + micro
+            loss = _micro_step(lora, components, inputs, config, k, time_ids)
+            step_loss += loss / config.gradient_accumulation_steps
+        losses.append(round(step_loss, 6))
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if done % config.checkpoint_every == 0 or done == lora.total_steps:
+            _save_checkpoint(
+                lora.model, lora.optimizer, lora.lr_scheduler, losses, config.output_dir, done
+            )
+        if config.validation and (done % config.validation.every == 0 or done == lora.total_steps):
+            _render_validation(
+                components.pipeline, lora.model, inputs.validation_embeds, config, done
+            )
+            lora.unet.train()
+    bar.close()
+
+
+def _micro_step(
+    lora: TrainableLora,
+    components: Components,
+    inputs: CachedInputs,
+    config: LoraTraining,
+    k: int,
+    time_ids: torch.Tensor,
+) -> float:
+    """Micro-batch k: its rows, noise and timesteps from the seed and k alone (so a resumed
+    run draws what an uninterrupted one would), a backward pass, and the optimizer step
+    when the accumulation is complete. Returns its loss."""
+    device = lora.accelerator.device
+    noise_scheduler = components.noise_scheduler
+    index = _batch_indices(k, len(inputs.latents), config.train_batch_size, config.seed)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + k)
+    batch_latents = inputs.latents[index].to(device)
+    if config.random_flip:
+        flips = torch.rand(len(index), generator=generator) < 0.5
+        batch_latents[flips] = batch_latents[flips].flip(-1)
+    noise = torch.randn(batch_latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator
+    ).to(device)
+    noisy = noise_scheduler.add_noise(batch_latents, noise, timesteps)
+    with lora.accelerator.accumulate(lora.unet):
+        prediction = lora.unet(
+            noisy.to(components.dtype),
+            timesteps,
+            encoder_hidden_states=inputs.prompt_embeds[index].to(device, components.dtype),
+            added_cond_kwargs={
+                "text_embeds": inputs.pooled_embeds[index].to(device, components.dtype),
+                "time_ids": time_ids.repeat(len(index), 1),
+            },
+        ).sample
+        target = (
+            noise
+            if noise_scheduler.config.prediction_type == "epsilon"
+            else noise_scheduler.get_velocity(batch_latents, noise, timesteps)
+        )
+        loss = _diffusion_loss(
+            prediction.float(), target.float(), timesteps, noise_scheduler, config
+        )
+        lora.accelerator.backward(loss)
+        if lora.accelerator.sync_gradients:
+            lora.accelerator.clip_grad_norm_(lora.parameters, config.max_grad_norm)
+        lora.optimizer.step()
+        lora.lr_scheduler.step()
+        lora.optimizer.zero_grad()
+    return loss.item()
+
+
+def _with_trigger(row: TrainingRow, label: str) -> TrainingRow:
+    """Captions of the trained class lead with its phrase ("Chest x-ray. Lung opacity.")."""
+    trigger = f"Chest x-ray. {LABEL_PHRASES.get(label, label.replace('_', ' ').capitalize())}."
+    if row.caption.startswith(trigger):
+        return row
+    rest = row.caption.removeprefix("Chest x-ray.").strip()
+    return TrainingRow(row.path, row.label, f"{trigger} {rest}".strip())
+
+
+def _batch_indices(k: int, n_rows: int, batch_size: int, seed: int) -> list[int]:
+    """Rows of micro-batch k: the next `batch_size` positions of its epoch's permutation."""
+    indices = []
+    for position in range(k * batch_size, (k + 1) * batch_size):
+        epoch, offset = divmod(position, n_rows)
+        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed + epoch))
+        indices.append(int(order[offset]))
+    return indices
 
 
 def _as_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def _diffusion_loss(prediction, target, timesteps, noise_scheduler, config, compute_snr):
+def _diffusion_loss(prediction, target, timesteps, noise_scheduler, config):
     if config.snr_gamma is None:
         return F.mse_loss(prediction, target)
     # Min-SNR weighting (Hang et al. 2023), as diffusers' training scripts apply it.
@@ -350,15 +439,10 @@ def _diffusion_loss(prediction, target, timesteps, noise_scheduler, config, comp
 
 
 def _lora_state(unet) -> dict:
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
 def _save_lora(unet, folder: Path) -> Path:
-    from diffusers import StableDiffusionXLPipeline
-
     with output_errors(folder):
         StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=_lora_state(unet))
     return folder / LORA_WEIGHT_NAME
@@ -376,10 +460,6 @@ def _save_checkpoint(unet, optimizer, lr_scheduler, losses, output_dir: Path, st
 
 def _resume(unet, optimizer, lr_scheduler, output_dir: Path) -> tuple[int, list[float]]:
     """Continue from the newest complete checkpoint, if any."""
-    from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_unet_state_dict_to_peft
-    from peft import set_peft_model_state_dict
-
     checkpoints = sorted(
         (p for p in output_dir.glob(f"{_CHECKPOINT_PREFIX}*") if (p / "state.json").is_file()),
         key=lambda p: int(p.name.removeprefix(_CHECKPOINT_PREFIX)),
@@ -401,8 +481,6 @@ def _resume(unet, optimizer, lr_scheduler, output_dir: Path) -> tuple[int, list[
 
 
 def _render_validation(pipeline, unet, embeds, config: LoraTraining, step: int) -> None:
-    from diffusers.utils import make_image_grid
-
     assert config.validation is not None and embeds is not None
     positive, negative, pooled, negative_pooled = embeds
     unet.eval()
@@ -428,7 +506,15 @@ def _render_validation(pipeline, unet, embeds, config: LoraTraining, step: int) 
         make_image_grid(images, rows=1, cols=len(images)).save(folder / f"step-{step:06d}.png")
 
 
-def _write_training_record(config, rows, losses, resumed_from, steps, steps_per_second, device):
+def _write_training_record(
+    config: LoraTraining,
+    rows: list[TrainingRow],
+    lora: TrainableLora,
+    losses: list[float],
+    resumed_from: int,
+    steps_per_second: float,
+) -> None:
+    device = lora.accelerator.device
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.label] = counts.get(row.label, 0) + 1
@@ -443,7 +529,8 @@ def _write_training_record(config, rows, losses, resumed_from, steps, steps_per_
         # Contents as well as names: the record still proves which images trained the
         # adapter on a machine where the manifest sits elsewhere (a shipped adapter).
         "image_sha256": [file_sha256(r.path) for r in rows],
-        "steps": steps,
+        "steps": lora.total_steps,
+        "trainable_parameters": sum(p.numel() for p in lora.parameters),
         "resumed_from": resumed_from,
         "loss_curve": losses,
         "steps_per_second": round(steps_per_second, 4),

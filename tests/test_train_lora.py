@@ -80,6 +80,8 @@ def test_loss_goes_down_and_the_record_names_what_trained(tmp_path, manifest, sm
     assert not {"images/8.png", "images/9.png"} & set(record["images"])  # test rows untouched
     assert len(record["image_sha256"]) == len(record["images"]) == 8
     assert record["loss_curve"] == summary.losses
+    saved = load_file(summary.lora_file)  # the adapter's weights: exactly what was trained
+    assert record["trainable_parameters"] == sum(t.numel() for t in saved.values()) > 0
     assert record["config"]["class"] == "opacity" and "peft" in record["versions"]
     assert sorted(p.name for p in (tmp_path / "lora" / "validation").iterdir()) == [
         "step-000025.png",
