@@ -150,10 +150,17 @@ def build_small_sdxl(folder: Path, seed: int = 0, size: SmallSDXLSize | None = N
     return folder
 
 
-def save_random_lora(model_folder: Path, out_folder: Path, seed: int = 0, rank: int = 4) -> Path:
-    """A randomly initialised UNet LoRA for a model folder, saved with `save_lora_weights`."""
+def save_random_lora(
+    model_folder: Path,
+    out_folder: Path,
+    seed: int = 0,
+    rank: int = 4,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """A randomly initialised UNet LoRA for a model folder, saved with `save_lora_weights`
+    (in `dtype`: bfloat16 halves the memory a full-size UNet takes to load)."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_pretrained(model_folder, subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(model_folder, subfolder="unet", dtype=dtype)
     # init_lora_weights=False keeps both LoRA matrices random, so the adapter visibly changes
     # the output (the default initialises B to zero, a no-op until trained).
     config = LoraConfig(
