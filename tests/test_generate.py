@@ -257,3 +257,16 @@ def test_chunked_and_weighted_prompts_without_a_negative_prompt_use_zeros(small_
     b = [np.asarray(r.image, dtype=int) for r in weighted.render(samples)]
     for x, y in zip(a, b, strict=True):
         assert np.abs(x - y).max() <= 1
+
+
+def test_a_lora_per_class_loads_without_peft_warning_of_multiple_adapters(small_model, small_lora):
+    import warnings
+
+    classes = {
+        label: ClassSpec(prompts=[PROMPT], lora=Lora(path=small_lora)) for label in ("a", "b")
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = SampleGenerator(_generator(small_model), classes, device=torch.device("cpu"))
+    assert sorted(engine.adapters) == ["a", "b"]
+    assert not [w for w in caught if "peft_config" in str(w.message)]

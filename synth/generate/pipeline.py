@@ -355,7 +355,10 @@ class SampleGenerator:
     def _load_adapter(self, label: str, path: Path, scale: float) -> Adapter:
         lora_file = resolve_lora_file(path)
         try:
-            self.pipeline.load_lora_weights(str(lora_file), adapter_name=label)
+            with warnings.catch_warnings():
+                # One adapter per class is the design; peft warns at each one after the first.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.pipeline.load_lora_weights(str(lora_file), adapter_name=label)
         except (ValueError, RuntimeError, KeyError, OSError) as err:
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
             raise ModelError(
