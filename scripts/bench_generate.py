@@ -28,6 +28,7 @@ from synth.generate.pipeline import DTYPES
 from synth.throughput import Workload, record_measurement, unet_parameters
 from synth.tools.bench import (
     BenchSettings,
+    OptionResult,
     bare_loop,
     bf16_peak_flops,
     driver_cost,
@@ -71,6 +72,8 @@ def main() -> None:
     parser.add_argument("--option-batch-size", type=int, help="default: --batch-size")
     parser.add_argument("--compile", action="store_true", help="also time compile_unet")
     parser.add_argument("--scale-samples", type=int, default=10_000_000)
+    parser.add_argument("--skip-engine", action="store_true", help="no engine against bare")
+    parser.add_argument("--skip-sweep", action="store_true", help="no batch-size sweep")
     parser.add_argument("--skip-options", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument(
@@ -113,58 +116,10 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
 
-    # The bare loop runs before and after the engine and the two are averaged, so load from
-    # other processes that comes and goes during the run weighs on both sides alike.
-    before = bare_loop(settings)
-    engine = in_process = None
     worker_profile = args.profile and args.profile.with_suffix(".engine-worker.txt")
-    if args.engine != "in-process":
-        engine = engine_run(settings, folder, profile=worker_profile)
-    if args.engine != "ray":
-        in_process = engine_run(settings, folder, in_process=True)
-    after = bare_loop(settings)
-    bare = replace(
-        before, images_per_second=(before.images_per_second + after.images_per_second) / 2
-    )
-    # The ratio is Ray's where Ray ran, else the in-process engine's.
-    compared = engine or in_process
-    assert compared is not None
-    figures.update(
-        engine="ray" if engine else "in-process",
-        bare_images_per_s_before_after=[
-            round(before.images_per_second, 3),
-            round(after.images_per_second, 3),
-        ],
-        bare_images_per_s=round(bare.images_per_second, 3),
-        engine_images_per_s=round(compared.steady_images_per_second, 3),
-        engine_images_per_s_overall=round(compared.images_per_second, 3),
-        ratio=round(compared.steady_images_per_second / bare.images_per_second, 3),
-        engine_in_process_images_per_s=None
-        if in_process is None
-        else round(in_process.steady_images_per_second, 3),
-        startup_s=round(compared.startup_seconds, 2),
-        bare_load_s=round(bare.load_seconds, 2),
-        ms_per_unet_step=round(bare.ms_per_unet_step, 2),
-        bare_peak_gpu_memory_gb=_round(bare.peak_gpu_memory_gb, 2),
-    )
-    rows = [["bare diffusers loop", f"{bare.images_per_second:.2f}", f"{bare.load_seconds:.1f}"]]
-    for name, result in (
-        ("engine (synth run, Ray)", engine),
-        ("engine in-process (no Ray)", in_process),
-    ):
-        if result is not None:
-            rows.append(
-                [name, f"{result.steady_images_per_second:.2f}", f"{result.startup_seconds:.1f}"]
-            )
-    rows.append([f"engine / bare ({figures['engine']})", f"{figures['ratio']:.3f}", ""])
-    _print_table(["", "images/s after warm-up", "start-up s"], rows)  # fmt: skip
-    save()
-    parameters = unet_parameters(str(model))
-    workload = Workload(parameters, settings.height, settings.width, True, settings.dtype)
-    steps_per_second = compared.steady_images_per_second * settings.steps
-    record_measurement(
-        workload, figures["device"], steps_per_second, compared.startup_seconds, "bench"
-    )
+    if not args.skip_engine:
+        figures.update(_engine_against_bare(settings, args.engine, folder, worker_profile))
+        save()
 
     flops = count_image_flops(
         _meta_copy(model), settings.height, settings.width, settings.steps, cfg=True
@@ -172,7 +127,7 @@ def main() -> None:
     figures["tflop_per_image"] = round(flops.per_image / 1e12, 4)
     figures["tflop_per_unet_call"] = round(flops.unet_call / 1e12, 4)
     batch_sizes = args.batch_sizes or ("1,2,4,8" if args.device == "cuda" else None)
-    if batch_sizes:
+    if batch_sizes and not args.skip_sweep:
         sizes = [int(b) for b in batch_sizes.split(",")]
         figures["batch_sizes"] = _sweep(settings, args, sizes, flops.per_image)
         save()
@@ -184,12 +139,16 @@ def main() -> None:
             images=args.option_images,
             batch_size=args.option_batch_size or settings.batch_size,
         )
-        options = fast_path_options(option_settings, args.compile)
-        figures["fast_path"] = [asdict(option) for option in options]
         figures["fast_path_conditions"] = {
             "images": option_settings.images, "batch_size": option_settings.batch_size,
         }  # fmt: skip
-        save()
+        figures["fast_path"] = []
+
+        def keep(option: OptionResult) -> None:
+            figures["fast_path"].append(asdict(option))
+            save()
+
+        options = fast_path_options(option_settings, args.compile, on_result=keep)
         _print_table(
             ["option", "images/s", "max abs diff vs plain", "first batch s"],
             [[o.name, f"{o.images_per_second:.2f}", f"{o.max_abs_difference:.2e}",
@@ -238,6 +197,67 @@ def main() -> None:
     if args.json:
         save()
         print(f"figures: {args.json}")
+
+
+def _engine_against_bare(
+    settings: BenchSettings, engines: str, folder: Path, worker_profile: Path | None
+) -> dict:
+    """The bare loop, the engine (through Ray, in-process or both), the bare loop again; the
+    engine's rate is kept for `synth plan`'s cost estimates."""
+    # The bare loop runs before and after the engine and the two are averaged, so load from
+    # other processes that comes and goes during the run weighs on both sides alike.
+    before = bare_loop(settings)
+    engine = in_process = None
+    if engines != "in-process":
+        engine = engine_run(settings, folder, profile=worker_profile)
+    if engines != "ray":
+        in_process = engine_run(settings, folder, in_process=True)
+    after = bare_loop(settings)
+    bare = replace(
+        before, images_per_second=(before.images_per_second + after.images_per_second) / 2
+    )
+    # The ratio is Ray's where Ray ran, else the in-process engine's.
+    compared = engine or in_process
+    assert compared is not None
+    figures = {
+        "engine": "ray" if engine else "in-process",
+        "bare_images_per_s_before_after": [
+            round(before.images_per_second, 3),
+            round(after.images_per_second, 3),
+        ],
+        "bare_images_per_s": round(bare.images_per_second, 3),
+        "engine_images_per_s": round(compared.steady_images_per_second, 3),
+        "engine_images_per_s_overall": round(compared.images_per_second, 3),
+        "ratio": round(compared.steady_images_per_second / bare.images_per_second, 3),
+        "engine_in_process_images_per_s": None
+        if in_process is None
+        else round(in_process.steady_images_per_second, 3),
+        "startup_s": round(compared.startup_seconds, 2),
+        "bare_load_s": round(bare.load_seconds, 2),
+        "ms_per_unet_step": round(bare.ms_per_unet_step, 2),
+        "bare_peak_gpu_memory_gb": _round(bare.peak_gpu_memory_gb, 2),
+    }
+    rows = [["bare diffusers loop", f"{bare.images_per_second:.2f}", f"{bare.load_seconds:.1f}"]]
+    for name, result in (
+        ("engine (synth run, Ray)", engine),
+        ("engine in-process (no Ray)", in_process),
+    ):
+        if result is not None:
+            rows.append(
+                [name, f"{result.steady_images_per_second:.2f}", f"{result.startup_seconds:.1f}"]
+            )
+    rows.append([f"engine / bare ({figures['engine']})", f"{figures['ratio']:.3f}", ""])
+    _print_table(["", "images/s after warm-up", "start-up s"], rows)  # fmt: skip
+    parameters = unet_parameters(str(settings.model))
+    workload = Workload(parameters, settings.height, settings.width, True, settings.dtype)
+    record_measurement(
+        workload,
+        _device_name(settings.device),
+        compared.steady_images_per_second * settings.steps,
+        compared.startup_seconds,
+        "bench",
+    )
+    return figures
 
 
 def _curation_cost(settings: BenchSettings, folder: Path, repeats: int) -> dict:
