@@ -38,7 +38,11 @@ from synth.tools.bench import (
     profile_summary,
     resume_check_at_scale,
 )
-from synth.tools.sdxl_architecture import count_image_flops, save_sdxl_pipeline
+from synth.tools.sdxl_architecture import (
+    count_image_flops,
+    pipeline_on_meta,
+    save_sdxl_pipeline,
+)
 from synth.tools.small_sdxl import build_small_sdxl
 
 MODES = {
@@ -122,7 +126,7 @@ def main() -> None:
         save()
 
     flops = count_image_flops(
-        _meta_copy(model), settings.height, settings.width, settings.steps, cfg=True
+        pipeline_on_meta(model), settings.height, settings.width, settings.steps, cfg=True
     )
     figures["tflop_per_image"] = round(flops.per_image / 1e12, 4)
     figures["tflop_per_unet_call"] = round(flops.unet_call / 1e12, 4)
@@ -317,44 +321,6 @@ def _sweep(
 
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def _meta_copy(model: Path):
-    """The model folder's pipeline built from its configs on the meta device, for FLOP
-    counting: no weights are read, so a 7 GB model costs nothing."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
-
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(
-            UNet2DConditionModel.load_config(model, subfolder="unet")
-        )
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(model, subfolder="vae"))
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig.from_pretrained(model, subfolder="text_encoder")
-        )
-        text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig.from_pretrained(model, subfolder="text_encoder_2")
-        )
-    return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-        tokenizer_2=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2"),
-        unet=unet,
-        scheduler=EulerDiscreteScheduler.from_pretrained(model, subfolder="scheduler"),
-    )
 
 
 def _device_name(device: str) -> str:
