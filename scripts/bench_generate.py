@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -133,8 +134,13 @@ def main() -> None:
     batch_sizes = args.batch_sizes or ("1,2,4,8" if args.device == "cuda" else None)
     if batch_sizes and not args.skip_sweep:
         sizes = [int(b) for b in batch_sizes.split(",")]
-        figures["batch_sizes"] = _sweep(settings, args, sizes, flops.per_image)
-        save()
+        figures["batch_sizes"] = []
+
+        def keep_row(row: dict) -> None:
+            figures["batch_sizes"].append(row)
+            save()
+
+        _sweep(settings, args, sizes, flops.per_image, keep_row)
     if args.qc_repeats:
         figures["qc"] = _curation_cost(settings, folder, args.qc_repeats)
     if not args.skip_options:
@@ -282,21 +288,25 @@ def _curation_cost(settings: BenchSettings, folder: Path, repeats: int) -> dict:
 
 
 def _sweep(
-    settings: BenchSettings, args: argparse.Namespace, sizes: list[int], flops_per_image: int
-) -> list:
+    settings: BenchSettings,
+    args: argparse.Namespace,
+    sizes: list[int],
+    flops_per_image: int,
+    on_row: Callable[[dict], None],
+) -> None:
     """The bare loop per batch size: images/s, ms per UNet step, peak memory, MFU (on a GPU
-    whose bf16 peak is known)."""
+    whose bf16 peak is known); `on_row` sees each batch size's figures as they are measured."""
     on_gpu = args.device == "cuda"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if on_gpu and peak is None:
         peak = bf16_peak_flops(_device_name("cuda"))
-    rows, table = [], []
+    table = []
     for batch_size in sizes:
         images = args.sweep_batches * batch_size
         loop = bare_loop(replace(settings, batch_size=batch_size, images=images))
         achieved = flops_per_image * loop.images_per_second
         mfu = achieved / peak if peak else None
-        rows.append(
+        on_row(
             {
                 "batch_size": batch_size,
                 "timed_batches": args.sweep_batches,
@@ -316,7 +326,6 @@ def _sweep(
         ["batch", "images/s", "ms per UNet step", "peak GPU GB", "TFLOP/s", "MFU (bf16 peak)"],
         table,
     )
-    return rows
 
 
 def _round(value: float | None, digits: int) -> float | None:
