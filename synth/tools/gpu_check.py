@@ -185,7 +185,6 @@ def lora(sizes: CheckSizes, folders: CheckFolders) -> dict:
     frozen weights in lora_precision, gradient checkpointing, latents and text embeddings
     cached up front (the trainer always caches them)."""
     import yaml
-    from safetensors import safe_open
 
     from synth.spec import load_training_config
     from synth.train_lora import train_lora
@@ -212,8 +211,6 @@ def lora(sizes: CheckSizes, folders: CheckFolders) -> dict:
     summary = train_lora(load_training_config(config_file), show_progress=False)
     seconds = time.perf_counter() - started
     record = json.loads((summary.output_dir / "training.json").read_text())
-    with safe_open(str(summary.lora_file), "pt") as weights:
-        trainable = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())  # noqa: SIM118
     losses = record["loss_curve"]
     return {
         "device": record["device"],
@@ -221,7 +218,7 @@ def lora(sizes: CheckSizes, folders: CheckFolders) -> dict:
         "steps_per_second": record["steps_per_second"],
         # torch.cuda.max_memory_allocated over the whole command, in GiB (2**30 bytes).
         "peak_gpu_memory_gb": record["peak_gpu_memory_gb"],
-        "trainable_parameters": trainable,
+        "trainable_parameters": record["trainable_parameters"],
         "rows": record["rows"],
         "losses": losses,
         "losses_finite": sum(math.isfinite(loss) for loss in losses),
