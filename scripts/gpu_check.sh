@@ -19,6 +19,7 @@ export OUT="${OUT:-$root/gpu-check-out}"
 PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1  # every model is a local folder; the device machine has no network
 
 dry_run=0
 for argument in "$@"; do
