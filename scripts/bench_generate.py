@@ -2,6 +2,7 @@
 
     python scripts/bench_generate.py --device cpu --json bench-cpu.json
     python scripts/bench_generate.py --device cuda --json bench-gpu.json    # on a GPU machine
+    python scripts/bench_generate.py --device cuda --model DIR --engine in-process   # no Ray
 
 Prints, as tables: bare and engine images/s after warm-up and their ratio, start-up time, each
 fast-path option's speed and largest pixel difference from the plain path, and the time and
@@ -9,6 +10,7 @@ memory of planning and resume-checking a ten-million-image run. CPU mode uses th
 SDXL-architecture model; GPU mode the full-size SDXL architecture with random weights at
 1024², 30 steps, CFG, bf16, adding per batch size images/s, ms per UNet step, peak GPU memory
 and MFU. The engine's figure is kept for `synth plan`'s cost estimates (synth.throughput).
+`--json` is rewritten after each section, so a run stopped part-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from synth.generate.pipeline import DTYPES
 from synth.throughput import Workload, record_measurement, unet_parameters
 from synth.tools.bench import (
     BenchSettings,
+    OptionResult,
     bare_loop,
     bf16_peak_flops,
     driver_cost,
@@ -36,8 +40,8 @@ from synth.tools.bench import (
     resume_check_at_scale,
 )
 from synth.tools.sdxl_architecture import (
-    build_sdxl_pipeline,
     count_image_flops,
+    pipeline_on_meta,
     save_sdxl_pipeline,
 )
 from synth.tools.small_sdxl import build_small_sdxl
@@ -56,10 +60,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--size", type=int, help="image side in pixels (default: 32 CPU, 1024)")
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-sizes", default="1,2,4,8", help="GPU sweep of the bare loop")
+    parser.add_argument(
+        "--model", type=Path, help="a saved model folder to measure (default: build one)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("both", "ray", "in-process"),
+        default="both",
+        help="the engine through a local Ray, in this process (no Ray needed), or both",
+    )
+    parser.add_argument(
+        "--batch-sizes", help="sweep of the bare loop (default on GPU: 1,2,4,8; on CPU: none)"
+    )
+    parser.add_argument("--sweep-batches", type=int, default=4, help="timed batches per size")
     parser.add_argument("--option-images", type=int, default=32, help="images per option")
+    parser.add_argument("--option-batch-size", type=int, help="default: --batch-size")
     parser.add_argument("--compile", action="store_true", help="also time compile_unet")
     parser.add_argument("--scale-samples", type=int, default=10_000_000)
+    parser.add_argument("--skip-engine", action="store_true", help="no engine against bare")
+    parser.add_argument("--skip-sweep", action="store_true", help="no batch-size sweep")
     parser.add_argument("--skip-options", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument(
@@ -77,7 +96,9 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device is visible here")
     images, batch, side, steps, dtype, shard = MODES[args.device]
     folder = Path(tempfile.mkdtemp(prefix="bench-generate-"))
-    if args.device == "cpu":
+    if args.model:
+        model = args.model
+    elif args.device == "cpu":
         model = build_small_sdxl(folder / "small-sdxl")
     else:
         model = save_sdxl_pipeline(folder / "sdxl-random", DTYPES[dtype], "cuda")
@@ -96,64 +117,48 @@ def main() -> None:
     )
     figures: dict = {"device": _device_name(args.device), "settings": _settings_json(settings)}
 
-    # The bare loop runs before and after the engine and the two are averaged, so load from
-    # other processes that comes and goes during the run weighs on both sides alike.
-    before = bare_loop(settings)
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
     worker_profile = args.profile and args.profile.with_suffix(".engine-worker.txt")
-    engine = engine_run(settings, folder, profile=worker_profile)
-    in_process = engine_run(settings, folder, in_process=True)
-    after = bare_loop(settings)
-    bare = replace(
-        before, images_per_second=(before.images_per_second + after.images_per_second) / 2
-    )
-    figures.update(
-        bare_images_per_s_before_after=[
-            round(before.images_per_second, 3),
-            round(after.images_per_second, 3),
-        ],
-        bare_images_per_s=round(bare.images_per_second, 3),
-        engine_images_per_s=round(engine.steady_images_per_second, 3),
-        engine_images_per_s_overall=round(engine.images_per_second, 3),
-        ratio=round(engine.steady_images_per_second / bare.images_per_second, 3),
-        engine_in_process_images_per_s=round(in_process.steady_images_per_second, 3),
-        startup_s=round(engine.startup_seconds, 2),
-        bare_load_s=round(bare.load_seconds, 2),
-        ms_per_unet_step=round(bare.ms_per_unet_step, 2),
-    )
-    _print_table(
-        ["", "images/s after warm-up", "start-up s"],
-        [
-            ["bare diffusers loop", f"{bare.images_per_second:.2f}", f"{bare.load_seconds:.1f}"],
-            ["engine (synth run, Ray)", f"{engine.steady_images_per_second:.2f}",
-             f"{engine.startup_seconds:.1f}"],
-            ["engine in-process (no Ray)", f"{in_process.steady_images_per_second:.2f}",
-             f"{in_process.startup_seconds:.1f}"],
-            ["engine / bare", f"{figures['ratio']:.3f}", ""],
-        ],
-    )  # fmt: skip
-    parameters = unet_parameters(str(model))
-    workload = Workload(parameters, settings.height, settings.width, True, settings.dtype)
-    steps_per_second = engine.steady_images_per_second * settings.steps
-    record_measurement(
-        workload, figures["device"], steps_per_second, engine.startup_seconds, "bench"
-    )
+    if not args.skip_engine:
+        figures.update(_engine_against_bare(settings, args.engine, folder, worker_profile))
+        save()
 
     flops = count_image_flops(
-        build_sdxl_pipeline(torch.bfloat16, "meta") if args.device == "cuda" else _meta_copy(model),
-        settings.height,
-        settings.width,
-        settings.steps,
-        cfg=True,
+        pipeline_on_meta(model), settings.height, settings.width, settings.steps, cfg=True
     )
     figures["tflop_per_image"] = round(flops.per_image / 1e12, 4)
     figures["tflop_per_unet_call"] = round(flops.unet_call / 1e12, 4)
-    if args.device == "cuda":
-        figures["batch_sizes"] = _sweep(settings, args, flops.per_image)
+    batch_sizes = args.batch_sizes or ("1,2,4,8" if args.device == "cuda" else None)
+    if batch_sizes and not args.skip_sweep:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+        figures["batch_sizes"] = []
+
+        def keep_row(row: dict) -> None:
+            figures["batch_sizes"].append(row)
+            save()
+
+        _sweep(settings, args, sizes, flops.per_image, keep_row)
     if args.qc_repeats:
         figures["qc"] = _curation_cost(settings, folder, args.qc_repeats)
     if not args.skip_options:
-        options = fast_path_options(replace(settings, images=args.option_images), args.compile)
-        figures["fast_path"] = [asdict(option) for option in options]
+        option_settings = replace(
+            settings,
+            images=args.option_images,
+            batch_size=args.option_batch_size or settings.batch_size,
+        )
+        figures["fast_path_conditions"] = {
+            "images": option_settings.images, "batch_size": option_settings.batch_size,
+        }  # fmt: skip
+        figures["fast_path"] = []
+
+        def keep(option: OptionResult) -> None:
+            figures["fast_path"].append(asdict(option))
+            save()
+
+        options = fast_path_options(option_settings, args.compile, on_result=keep)
         _print_table(
             ["option", "images/s", "max abs diff vs plain", "first batch s"],
             [[o.name, f"{o.images_per_second:.2f}", f"{o.max_abs_difference:.2e}",
@@ -200,8 +205,69 @@ def main() -> None:
         args.profile.write_text(profile_summary(settings), encoding="utf-8")
         print(f"profile: {args.profile} (bare loop), {worker_profile} (the engine's Ray worker)")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        save()
         print(f"figures: {args.json}")
+
+
+def _engine_against_bare(
+    settings: BenchSettings, engines: str, folder: Path, worker_profile: Path | None
+) -> dict:
+    """The bare loop, the engine (through Ray, in-process or both), the bare loop again; the
+    engine's rate is kept for `synth plan`'s cost estimates."""
+    # The bare loop runs before and after the engine and the two are averaged, so load from
+    # other processes that comes and goes during the run weighs on both sides alike.
+    before = bare_loop(settings)
+    engine = in_process = None
+    if engines != "in-process":
+        engine = engine_run(settings, folder, profile=worker_profile)
+    if engines != "ray":
+        in_process = engine_run(settings, folder, in_process=True)
+    after = bare_loop(settings)
+    bare = replace(
+        before, images_per_second=(before.images_per_second + after.images_per_second) / 2
+    )
+    # The ratio is Ray's where Ray ran, else the in-process engine's.
+    compared = engine or in_process
+    assert compared is not None
+    figures = {
+        "engine": "ray" if engine else "in-process",
+        "bare_images_per_s_before_after": [
+            round(before.images_per_second, 3),
+            round(after.images_per_second, 3),
+        ],
+        "bare_images_per_s": round(bare.images_per_second, 3),
+        "engine_images_per_s": round(compared.steady_images_per_second, 3),
+        "engine_images_per_s_overall": round(compared.images_per_second, 3),
+        "ratio": round(compared.steady_images_per_second / bare.images_per_second, 3),
+        "engine_in_process_images_per_s": None
+        if in_process is None
+        else round(in_process.steady_images_per_second, 3),
+        "startup_s": round(compared.startup_seconds, 2),
+        "bare_load_s": round(bare.load_seconds, 2),
+        "ms_per_unet_step": round(bare.ms_per_unet_step, 2),
+        "bare_peak_gpu_memory_gb": _round(bare.peak_gpu_memory_gb, 2),
+    }
+    rows = [["bare diffusers loop", f"{bare.images_per_second:.2f}", f"{bare.load_seconds:.1f}"]]
+    for name, result in (
+        ("engine (synth run, Ray)", engine),
+        ("engine in-process (no Ray)", in_process),
+    ):
+        if result is not None:
+            rows.append(
+                [name, f"{result.steady_images_per_second:.2f}", f"{result.startup_seconds:.1f}"]
+            )
+    rows.append([f"engine / bare ({figures['engine']})", f"{figures['ratio']:.3f}", ""])
+    _print_table(["", "images/s after warm-up", "start-up s"], rows)  # fmt: skip
+    parameters = unet_parameters(str(settings.model))
+    workload = Workload(parameters, settings.height, settings.width, True, settings.dtype)
+    record_measurement(
+        workload,
+        _device_name(settings.device),
+        compared.steady_images_per_second * settings.steps,
+        compared.startup_seconds,
+        "bench",
+    )
+    return figures
 
 
 def _curation_cost(settings: BenchSettings, folder: Path, repeats: int) -> dict:
@@ -221,43 +287,49 @@ def _curation_cost(settings: BenchSettings, folder: Path, repeats: int) -> dict:
             "median_ratio": round(median, 3)}  # fmt: skip
 
 
-def _sweep(settings: BenchSettings, args: argparse.Namespace, flops_per_image: int) -> list:
-    """The bare loop per batch size: images/s, ms per UNet step, peak memory, MFU."""
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else bf16_peak_flops(_device_name("cuda"))
-    rows, table = [], []
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        loop = bare_loop(replace(settings, batch_size=batch_size, images=4 * batch_size))
+def _sweep(
+    settings: BenchSettings,
+    args: argparse.Namespace,
+    sizes: list[int],
+    flops_per_image: int,
+    on_row: Callable[[dict], None],
+) -> None:
+    """The bare loop per batch size: images/s, ms per UNet step, peak memory, MFU (on a GPU
+    whose bf16 peak is known); `on_row` sees each batch size's figures as they are measured."""
+    on_gpu = args.device == "cuda"
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    if on_gpu and peak is None:
+        peak = bf16_peak_flops(_device_name("cuda"))
+    table = []
+    for batch_size in sizes:
+        images = args.sweep_batches * batch_size
+        loop = bare_loop(replace(settings, batch_size=batch_size, images=images))
         achieved = flops_per_image * loop.images_per_second
         mfu = achieved / peak if peak else None
-        rows.append(
+        on_row(
             {
                 "batch_size": batch_size,
+                "timed_batches": args.sweep_batches,
                 "images_per_s": round(loop.images_per_second, 3),
                 "ms_per_unet_step": round(loop.ms_per_unet_step, 2),
-                "peak_gpu_memory_gb": round(loop.peak_gpu_memory_gb or 0, 2),
-                "achieved_tflop_s": round(achieved / 1e12, 1),
-                "mfu": None if mfu is None else round(mfu, 3),
+                "peak_gpu_memory_gb": _round(loop.peak_gpu_memory_gb, 2),
+                "achieved_tflop_s": round(achieved / 1e12, 3),
+                "mfu": _round(mfu, 3),
             }
         )
+        memory = "n/a" if loop.peak_gpu_memory_gb is None else f"{loop.peak_gpu_memory_gb:.1f}"
         mfu_text = "n/a" if mfu is None else f"{mfu:.1%}"
         table.append([str(batch_size), f"{loop.images_per_second:.3f}",
-                      f"{loop.ms_per_unet_step:.1f}", f"{loop.peak_gpu_memory_gb:.1f}",
-                      f"{achieved / 1e12:.0f}", mfu_text])  # fmt: skip
+                      f"{loop.ms_per_unet_step:.1f}", memory, f"{achieved / 1e12:.1f}",
+                      mfu_text])  # fmt: skip
     _print_table(
         ["batch", "images/s", "ms per UNet step", "peak GPU GB", "TFLOP/s", "MFU (bf16 peak)"],
         table,
     )
-    return rows
 
 
-def _meta_copy(model: Path):
-    """The model folder's pipeline with its weights on the meta device, for FLOP counting."""
-    from diffusers import StableDiffusionXLPipeline
-
-    pipeline = StableDiffusionXLPipeline.from_pretrained(model)
-    for component in (pipeline.unet, pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2):
-        component.to("meta")
-    return pipeline
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _device_name(device: str) -> str:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synth.tools.sdxl_architecture import build_sdxl_pipeline, count_image_flops
+from synth.tools.sdxl_architecture import (
+    build_sdxl_pipeline,
+    count_image_flops,
+    pipeline_on_meta,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +41,18 @@ def test_flops_at_1024_with_cfg_match_the_reference(sdxl_on_meta):
     assert flops.per_image / 1e12 == pytest.approx(416, rel=0.01)
     without_cfg = count_image_flops(sdxl_on_meta, 1024, 1024, steps=30, cfg=False)
     assert without_cfg.unet_call * 2 == flops.unet_call
+
+
+def test_a_saved_folder_counts_the_same_flops_from_its_configs_alone(sdxl_on_meta, tmp_path):
+    """What the bench counts for a model folder (here: the configs alone, no weights)."""
+    for name in ("unet", "vae", "scheduler"):
+        getattr(sdxl_on_meta, name).save_config(tmp_path / name)
+    for name in ("text_encoder", "text_encoder_2"):
+        getattr(sdxl_on_meta, name).config.save_pretrained(tmp_path / name)
+    for name in ("tokenizer", "tokenizer_2"):
+        getattr(sdxl_on_meta, name).save_pretrained(tmp_path / name)
+    from_folder = pipeline_on_meta(tmp_path)
+    assert from_folder.unet.device.type == "meta"
+    assert count_image_flops(from_folder, 1024, 1024, 30, cfg=True) == count_image_flops(
+        sdxl_on_meta, 1024, 1024, 30, cfg=True
+    )

@@ -256,8 +256,13 @@ class OptionResult:
     first_batch_seconds: float  # includes torch.compile's compile time when compiling
 
 
-def fast_path_options(settings: BenchSettings, include_compile: bool) -> list[OptionResult]:
-    """Each fast-path option alone, then the defaults together, against the plain path."""
+def fast_path_options(
+    settings: BenchSettings,
+    include_compile: bool,
+    on_result: Callable[[OptionResult], None] | None = None,
+) -> list[OptionResult]:
+    """Each fast-path option alone, then the defaults together, against the plain path;
+    `on_result` sees each option's result as soon as it is measured."""
     variants: list[tuple[str, dict, str | None]] = [
         ("plain (diffusers defaults)", {}, None),
         ("attention: classic (not SDPA)", {"attention": "classic"}, None),
@@ -282,6 +287,8 @@ def fast_path_options(settings: BenchSettings, include_compile: bool) -> list[Op
         results.append(
             OptionResult(name, loop.images_per_second, difference, loop.first_batch_seconds)
         )
+        if on_result:
+            on_result(results[-1])
     return results
 
 

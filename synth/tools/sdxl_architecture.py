@@ -16,9 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from synth.generate.pipeline import quiet_libraries
 from synth.tools.small_sdxl import CLIP_MAX_TOKENS, sdxl_scheduler, small_clip_tokenizer
@@ -124,6 +134,31 @@ def save_sdxl_pipeline(folder: Path, dtype: torch.dtype, device: torch.device | 
     """Build the random-weight SDXL pipeline and save it in diffusers format, for `synth run`."""
     build_sdxl_pipeline(dtype, device).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+def pipeline_on_meta(folder: Path) -> StableDiffusionXLPipeline:
+    """A saved SDXL-architecture model folder's pipeline built from its configs on the `meta`
+    device: no weights are read, so counting a 7 GB model's FLOPs costs nothing."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(folder, subfolder="unet")
+        )
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder")
+        )
+        text_encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder_2")
+        )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
 
 
 @dataclass(frozen=True)
