@@ -13,25 +13,29 @@ the goals) and a table on stdout. The children's output goes to `$OUT/gpu_check.
 is 8 files, the most the device tool brings back. The exit code is 1 if any step was not ok.
 
 Estimated on one H200, before any GPU has run them (SDXL base architecture with random
-weights, 1024², 30 steps, CFG 7, bf16; assuming 0.5 to 1 image/s, which the bench measures;
+weights, 1024², 30 steps, CFG 7, bf16; assuming 0.3 to 1 image/s, which the bench measures;
 each step's budget in brackets; the check stops at 540 s from the start of gpu_check.sh):
 
 - install of the carried wheels (gpu_check.sh): ~15 s.
 - model: the 2.6B-parameter UNet, VAE and both text encoders built on the GPU, 7 GB of
   safetensors written: ~30 s [90 s].
-- bench: the bare loop (4 + 16 images) before and after the engine in-process (16 images,
+- bench: the bare loop (4 + 8 images) before and after the engine in-process (8 images,
   shards of 4), then the bare loop at batch 1, 2, 4 and 8 (a warm-up batch and one timed
-  batch each): 86 images and 7 pipeline loads, 130 to 220 s [240 s].
+  batch each): 62 images and 7 pipeline loads, 100 to 240 s [240 s; at the slow end the
+  sweep's batch 8 is what gets cut, and every finished section is kept].
 - lora: `train_lora` at 1024², 20 steps of 4 micro-batches of 1, fp16 frozen weights,
-  gradient checkpointing, 8 cached images: ~45 s with loading [75 s].
+  gradient checkpointing, 8 cached images: ~45 s with loading [90 s]. The peak GPU memory
+  is saved every second, so a training stopped by its budget still answers the 24 GB goal.
 - curation: 200 phantom images at 128 px, a ResNet-18 judge (2 epochs) on the GPU, then 8
-  renders at 512², 10 steps, each scored: ~35 s [60 s].
+  renders at 512², 10 steps, each scored: ~35 s [50 s].
 - studio: one POST /api/generate at 512², 10 steps, the pipeline's load included: ~20 s
-  [45 s].
+  [40 s].
 - options: 9 fast-path variants, each a pipeline load and 2 + 2 images at batch 2: 80 to
   120 s [150 s, or what the others left].
 
-About 6 minutes if SDXL runs at 1 image/s, 9 if at 0.5 (then options gets what is left).
+About 5 minutes if SDXL runs at 1 image/s, 9 if at 0.3; options gets what is left, which at
+the slow end is nothing (it is last because it matters least). `--only options` runs it alone.
+A step run again with --only starts afresh (its folder is removed), never resumes.
 Every step also pays its process's imports (torch, diffusers: ~5-10 s), included above.
 """
 

@@ -6,8 +6,10 @@ Not run by default: it needs about 9 GB of memory, 8 GB of disk and about two mi
 
     .venv/bin/python -m pytest -m fullsize tests/test_fullsize.py -s
 
-It prints the figures docs/performance.md quotes. Each heavy step runs in its own process, so
-its peak resident memory is its own.
+It prints the figures docs/performance.md quotes. Building the model, `synth run` and
+`synth train-lora` each run in a process of their own, so each peak resident memory is that
+step's own; the LoRA check loads the model in the test's process (its load time is measured,
+not its memory).
 """
 
 from __future__ import annotations

@@ -114,3 +114,18 @@ def test_a_step_that_ran_elsewhere_than_the_check_is_caught():
     assert off_device(GPU, ["cuda", "cpu (float32)", None]) == ["cpu (float32)", None]
     assert off_device(DRY_RUN, ["cpu", "cpu (float32)"]) == []
     assert off_device(DRY_RUN, ["NVIDIA H200"]) == ["NVIDIA H200"]
+
+
+def test_a_curated_run_counts_as_ready_only_once_it_completed(tmp_path: Path):
+    from synth.run_record import Invocation, RunRecord
+    from synth.tools.gpu_check import CheckFolders, curation_is_ready
+
+    folders = CheckFolders(tmp_path, tmp_path / "out")
+    assert not curation_is_ready(folders)
+    folders.curation_run.mkdir()
+    record = RunRecord("x", "t", invocations=(Invocation("t"),))  # what a killed run leaves
+    (folders.curation_run / "run.json").write_text(record.to_json())
+    assert not curation_is_ready(folders)
+    done = record.with_last(Invocation("t", status="complete"))
+    (folders.curation_run / "run.json").write_text(done.to_json())
+    assert curation_is_ready(folders)

@@ -240,6 +240,11 @@ def engine_run(
     finally:
         os.environ.pop(PROFILE_SHARD_ENV, None)
     invocation = RunRecord.from_json((summary.out_dir / RUN_RECORD).read_bytes()).last
+    if invocation.steady_images_per_second is None or invocation.startup_seconds is None:
+        raise ValueError(
+            f"the engine run rendered {settings.images} images in too few shards for a steady "
+            "rate; give --images at least two shards' worth"
+        )
     return EngineResult(
         images_per_second=invocation.images_per_second,
         steady_images_per_second=invocation.steady_images_per_second,

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,16 +57,16 @@ class CheckSizes:
 
 
 GPU = CheckSizes(
-    device="cuda", dtype="bfloat16", side=1024, steps=30, images=16, batch_size=4,
+    device="cuda", dtype="bfloat16", side=1024, steps=30, images=8, batch_size=4,
     batch_sizes=(1, 2, 4, 8), sweep_batches=1, option_images=2, option_batch_size=2,
     lora_resolution=1024, lora_steps=20, lora_accumulation=4, lora_precision="fp16",
     lora_images=8, render_side=512, render_steps=10, render_images=8, judge_side=128,
     phantom_count=200, judge_epochs=2, total_budget_s=540,
 )  # fmt: skip
 DRY_RUN = CheckSizes(
-    device="cpu", dtype="float32", side=32, steps=2, images=8, batch_size=2,
+    device="cpu", dtype="bfloat16", side=32, steps=2, images=8, batch_size=2,
     batch_sizes=(1, 2), sweep_batches=1, option_images=2, option_batch_size=2,
-    lora_resolution=32, lora_steps=2, lora_accumulation=2, lora_precision="no",
+    lora_resolution=32, lora_steps=2, lora_accumulation=2, lora_precision="bf16",
     lora_images=4, render_side=32, render_steps=2, render_images=8, judge_side=32,
     phantom_count=40, judge_epochs=1, total_budget_s=240,
 )  # fmt: skip
@@ -95,7 +98,14 @@ def model_is_ready(folders: CheckFolders) -> bool:
 
 
 def curation_is_ready(folders: CheckFolders) -> bool:
-    return (folders.curation_run / "run.json").is_file()
+    """A curated run that completed (run.json is written when an invocation starts, too)."""
+    from synth.run_record import RunRecord
+
+    try:
+        record = RunRecord.from_json((folders.curation_run / "run.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return record.status == "complete"
 
 
 def device_name(device: str) -> str:
@@ -107,8 +117,6 @@ def device_name(device: str) -> str:
 def make_model(sizes: CheckSizes, folders: CheckFolders) -> dict:
     """The model every later step loads: the full-size SDXL base architecture with random
     weights in bf16 on a GPU, the small one on a CPU; built aside, then moved into place."""
-    import shutil
-
     import torch
 
     from synth.throughput import unet_parameters
@@ -190,6 +198,7 @@ def lora(sizes: CheckSizes, folders: CheckFolders) -> dict:
     from synth.train_lora import train_lora
 
     folder = folders.work / "lora"
+    shutil.rmtree(folder, ignore_errors=True)  # a rerun (--only) trains afresh, not resumes
     manifest = _phantom_manifest(folder / "data", count=sizes.lora_images)
     config = {
         "manifest": str(manifest),
@@ -208,7 +217,8 @@ def lora(sizes: CheckSizes, folders: CheckFolders) -> dict:
     config_file = folder / "train-lora.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
-    summary = train_lora(load_training_config(config_file), show_progress=False)
+    with _memory_watch(sizes, folders.partial("lora"), started):
+        summary = train_lora(load_training_config(config_file), show_progress=False)
     seconds = time.perf_counter() - started
     record = json.loads((summary.output_dir / "training.json").read_text())
     losses = record["loss_curve"]
@@ -228,6 +238,35 @@ def lora(sizes: CheckSizes, folders: CheckFolders) -> dict:
             "mixed_precision", "gradient_checkpointing")},
         "cached_latents_and_embeddings": True,
     }  # fmt: skip
+
+
+@contextmanager
+def _memory_watch(sizes: CheckSizes, partial: Path, started: float) -> Iterator[None]:
+    """Every second while training: the peak GPU memory so far, into the step's partial
+    figures, so a training stopped by its budget still tells whether it fits 24 GB (the peak
+    comes with the first backward pass)."""
+    import torch
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            peak = torch.cuda.max_memory_allocated() if sizes.device == "cuda" else None
+            figures = {
+                "device": device_name(sizes.device),
+                "peak_gpu_memory_gb": None if peak is None else round(peak / 2**30, 3),
+                "seconds_with_loading": round(time.perf_counter() - started, 1),
+                "note": "partial: training had not finished",
+            }
+            partial.write_text(json.dumps(figures), encoding="utf-8")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -285,6 +324,7 @@ def curation(sizes: CheckSizes, folders: CheckFolders) -> dict:
         "qc": {"enabled": True, "min_label_score": 0.0, "max_real_similarity": 1.0},
         "output": {"dir": str(folders.curation_run), "shard_size": 4},
     }  # fmt: skip
+    shutil.rmtree(folders.curation_run, ignore_errors=True)  # a rerun renders and scores again
     spec_file = folders.work / "curation.yaml"
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     summary = run_spec(load_spec(spec_file), in_process=True, show_progress=False)
@@ -368,14 +408,14 @@ STEPS = (
     Step("bench", bench, 240, 90, ("model",), _one_device,
          lambda f: f"bare {_float(f.get('bare_images_per_s'), '.3f')} images/s at batch "
                    f"{f['settings']['batch_size']}, engine/bare {_float(f.get('ratio'), '.3f')}"),
-    Step("lora", lora, 75, 60, ("model",), _one_device,
+    Step("lora", lora, 90, 60, ("model",), _one_device,
          lambda f: f"{f['steps']} steps at {f['steps_per_second']:.2f}/s, peak "
                    f"{_float(f['peak_gpu_memory_gb'], '.1f')} GiB"),
-    Step("curation", curation, 60, 60, ("model",),
+    Step("curation", curation, 50, 60, ("model",),
          lambda f: [f.get("judge_device"), *f.get("worker_devices", [])],
          lambda f: f"judge trained in {f['judge_train_seconds']:.1f} s, "
                    f"{f['renders_scored']} renders scored"),
-    Step("studio", studio, 45, 45, ("curation",),
+    Step("studio", studio, 40, 45, ("curation",),
          lambda f: [f.get("device"), *f.get("queue_devices", [])],
          lambda f: f"one {f['width']}x{f['height']} image in {f['render_seconds']:.2f} s"),
     # Last: the least needed figures take whatever time the others leave.
