@@ -65,6 +65,7 @@ from synth.shards import (
     dataset_card,
     dropped_ids,
     read_shard_columns,
+    shard_created_at,
     shard_files,
     shard_is_complete,
     shard_spec_digests,
@@ -187,7 +188,9 @@ def _run_locked(
         out,
         RunRecord(
             spec_sha256=spec_sha256,
-            created_at=previous.created_at if previous else now,
+            # A run.json a crash damaged: the shards kept say when the run began, so rows
+            # rendered now carry the same created_at as theirs.
+            created_at=previous.created_at if previous else shard_created_at(out / DATA_DIR) or now,
             name=spec.name,
             settings_sha256=settings_sha256,
             classes={c.label: c.synthetic for c in plan.classes},

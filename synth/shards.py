@@ -323,6 +323,18 @@ def read_shard_columns(data_dir: Location, columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+def shard_created_at(data_dir: Location) -> str | None:
+    """The run's created_at as its first readable shard records it (None without one)."""
+    for shard in shard_files(data_dir):
+        try:
+            values = shard.parquet().read(columns=["created_at"]).column(0)
+        except (OSError, pa.ArrowException, KeyError):
+            continue
+        if len(values):
+            return values[0].as_py()
+    return None
+
+
 def shard_spec_digests(data_dir: Location) -> set[str]:
     """The spec_sha256 values found in a folder's readable shards."""
     digests: set[str] = set()

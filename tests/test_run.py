@@ -212,10 +212,13 @@ def test_an_unreadable_run_json_is_recovered_from_the_shards(spec_path: Path, tm
     out = tmp_path / "out"
     _run(spec_path, out)
     before = _shard_bytes(out)
+    created_at = json.loads((out / "run.json").read_text())["created_at"]
     (out / "run.json").write_text("")  # a crash mid-write on a filesystem without fsync
+    next(iter(sorted((out / "data").glob("*.parquet")))).unlink()  # and one shard lost
     summary = _run(spec_path, out)
-    assert (summary.shards_written, summary.shards_reused) == (0, 4)
-    assert _shard_bytes(out) == before
+    assert (summary.shards_written, summary.shards_reused) == (1, 3)
+    assert _shard_bytes(out) == before  # the re-rendered shard too: same created_at
+    assert json.loads((out / "run.json").read_text())["created_at"] == created_at
 
 
 @pytest.mark.parametrize(
