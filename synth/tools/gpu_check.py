@@ -99,10 +99,11 @@ def model_is_ready(folders: CheckFolders) -> bool:
 
 def curation_is_ready(folders: CheckFolders) -> bool:
     """A curated run that completed (run.json is written when an invocation starts, too)."""
+    from synth.layout import RUN_RECORD
     from synth.run_record import RunRecord
 
     try:
-        record = RunRecord.from_json((folders.curation_run / "run.json").read_bytes())
+        record = RunRecord.from_json((folders.curation_run / RUN_RECORD).read_bytes())
     except (OSError, ValueError):
         return False
     return record.status == "complete"
